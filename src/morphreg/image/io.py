@@ -1,0 +1,120 @@
+"""Reading and writing images through SimpleITK (NIfTI, MHA/MHD, NRRD, DICOM series)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from morphreg.core.files import atomic_path
+from morphreg.errors import MorphregError
+from morphreg.image.grid import Grid
+from morphreg.image.image import Image
+
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm", ".png", ".tif", ".tiff")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _sitk_read(path: Path) -> sitk.Image:
+    if path.is_dir():
+        reader = sitk.ImageSeriesReader()
+        series = reader.GetGDCMSeriesIDs(str(path))
+        if not series:
+            raise MorphregError("folder holds no DICOM series", path)
+        files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+        reader.SetFileNames(files)
+        return reader.Execute()
+    return sitk.ReadImage(str(path))
+
+
+def from_sitk(img: sitk.Image, name: str = "<sitk>", channels_from_4d: bool = True) -> Image:
+    """Convert a SimpleITK image to an Image. A 4D scalar image becomes a 3D multi-channel image."""
+    dim = img.GetDimension()
+    arr = sitk.GetArrayFromImage(img)  # (z, y, x[, c]) or (t, z, y, x) for 4D
+    if dim == 4 and channels_from_4d:
+        grid = Grid(img.GetSize()[:3], img.GetOrigin()[:3], img.GetSpacing()[:3],
+                    np.asarray(img.GetDirection()).reshape(4, 4)[:3, :3])
+        data = arr  # (t, z, y, x): the 4th axis is the channel axis
+    elif dim in (2, 3):
+        grid = Grid(img.GetSize(), img.GetOrigin(), img.GetSpacing(), np.asarray(img.GetDirection()).reshape(dim, dim))
+        data = np.moveaxis(arr, -1, 0) if img.GetNumberOfComponentsPerPixel() > 1 else arr[None]
+    else:
+        raise MorphregError(f"{dim}D images are not supported (2D or 3D, optionally multi-channel)", name)
+    if data.dtype == np.uint64 or data.dtype == np.uint32:
+        data = data.astype(np.int64)
+    elif data.dtype == np.uint16:
+        data = data.astype(np.int32)
+    elif data.dtype == np.float64:
+        data = data.astype(np.float32)
+    elif data.dtype == np.int8:
+        data = data.astype(np.int16)
+    return Image(torch.from_numpy(np.ascontiguousarray(data)), grid, name)
+
+
+def read_image(path: str | Path, dtype: torch.dtype | None = None, check_finite: bool = True) -> Image:
+    """Read an image file or DICOM folder. Integer files stay integer (labels); ``dtype`` converts.
+
+    Raises MorphregError naming the file for a missing/unreadable file, a bad direction matrix,
+    or NaN/inf voxels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MorphregError("file not found", path)
+    try:
+        img = _sitk_read(path)
+    except MorphregError:
+        raise
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        hint = next((ln for ln in first if "ERROR" in ln or "Unable" in ln or "not" in ln), first[-1] if first else "")
+        raise MorphregError(f"cannot read image ({_suffix(path) or 'no suffix'}): {hint.strip()[:200]}", path) from None
+    try:
+        image = from_sitk(img, name=str(path))
+    except MorphregError as exc:
+        raise MorphregError(exc.problem, path) from None
+    if dtype is not None:
+        image = image.to(dtype=dtype)
+    return image.check_finite() if check_finite else image
+
+
+def to_sitk(image: Image, as_4d: bool = False) -> sitk.Image:
+    """Convert to SimpleITK. Multi-channel images become vector images (or 4D scalar with ``as_4d``)."""
+    arr = image.data.detach().cpu().numpy()
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    g = image.grid
+    if image.channels == 1:
+        img = sitk.GetImageFromArray(arr[0])
+    elif as_4d:
+        img = sitk.GetImageFromArray(arr)
+        img.SetOrigin(tuple(g.origin) + (0.0,))
+        img.SetSpacing(tuple(g.spacing) + (1.0,))
+        d = np.eye(4)
+        d[:3, :3] = g.direction
+        img.SetDirection(d.ravel().tolist())
+        return img
+    else:
+        img = sitk.GetImageFromArray(np.moveaxis(arr, 0, -1), isVector=True)
+    img.SetOrigin(tuple(float(v) for v in g.origin))
+    img.SetSpacing(tuple(float(v) for v in g.spacing))
+    img.SetDirection(tuple(float(v) for v in g.direction.ravel()))
+    return img
+
+
+def write_image(image: Image, path: str | Path, as_4d: bool = False, compress: bool = True) -> Path:
+    """Write atomically (temp file + rename). The format follows the suffix."""
+    path = Path(path)
+    if _suffix(path) not in IMAGE_SUFFIXES:
+        raise MorphregError(f"unsupported image format {_suffix(path)!r} (use one of {', '.join(IMAGE_SUFFIXES)})", path)
+    img = to_sitk(image, as_4d=as_4d)
+    with atomic_path(path) as tmp:
+        try:
+            sitk.WriteImage(img, str(tmp), useCompression=compress)
+        except RuntimeError as exc:
+            raise MorphregError(f"cannot write image: {str(exc).strip().splitlines()[-1][:200]}", path) from None
+    return path

@@ -1,0 +1,93 @@
+"""Saving and loading transforms, dispatched on the file suffix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from morphreg.core.files import atomic_path
+from morphreg.errors import MorphregError
+from morphreg.image.grid import Grid
+from morphreg.transforms.base import TRANSFORM_TYPES, Transform
+
+NATIVE_SUFFIXES = (".pt", ".pth")
+ITK_SUFFIXES = (".tfm", ".txt", ".mat", ".h5", ".hdf5", ".xfm")
+FIELD_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
+
+
+def _suffix(path: Path) -> str:
+    return ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
+
+
+def transform_from_dict(d: dict) -> Transform:
+    cls = TRANSFORM_TYPES.get(d.get("type", ""))
+    if cls is None:
+        raise MorphregError(f"unknown transform type {d.get('type')!r}")
+    return cls.from_dict(d)
+
+
+def save_transform(t: Transform, path, grid: Grid | None = None) -> Path:
+    """Write ``t`` atomically. ``.pt``: exact morphreg model; ITK suffixes: ITK transform file
+    (dense parts as displacement fields, .h5 recommended for those); image suffixes: one ITK
+    displacement-field image (world mm, LPS) of the whole mapping on ``grid`` or the model's domain."""
+    from morphreg.image.image import Image
+    from morphreg.image.io import write_image
+    from morphreg.transforms.itk import write_itk_transform
+
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix in NATIVE_SUFFIXES:
+        with atomic_path(path) as tmp:
+            torch.save({"morphreg_transform": 1, **t.to_dict()}, tmp)
+    elif suffix in ITK_SUFFIXES:
+        with atomic_path(path) as tmp:
+            write_itk_transform(t, tmp, grid)
+    elif suffix in FIELD_SUFFIXES:
+        grid = grid or t.domain()
+        if grid is None:
+            raise MorphregError("a displacement-field file needs a reference grid for this transform", path)
+        field = t.displacement(grid, dtype=torch.float64).detach()[0]
+        write_image(Image(field, grid), path)
+    else:
+        raise MorphregError(f"unknown transform file type {suffix!r} (use .pt, {', '.join(ITK_SUFFIXES)} or a displacement image)", path)
+    return path
+
+
+def load_transform(path) -> Transform:
+    """Read a transform: morphreg ``.pt``, ITK/ANTs transform files, elastix TransformParameters
+    (``TransformParameters*.txt``), or an ITK displacement-field image."""
+    import SimpleITK as sitk
+
+    from morphreg.transforms.dense import DisplacementFieldTransform
+    from morphreg.transforms.itk import read_elastix_transform, read_itk_transform, sitk_image_to_field
+
+    path = Path(path)
+    if not path.exists():
+        raise MorphregError("file not found", path)
+    suffix = _suffix(path)
+    if suffix in NATIVE_SUFFIXES:
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for corrupt files
+            raise MorphregError(f"not a readable morphreg transform file ({type(exc).__name__})", path) from None
+        if not isinstance(d, dict) or "morphreg_transform" not in d:
+            raise MorphregError("not a morphreg transform file", path)
+        try:
+            return transform_from_dict(d)
+        except MorphregError as exc:
+            raise MorphregError(exc.problem, path) from None
+    if suffix == ".txt" and path.read_text(errors="replace").lstrip().startswith("("):
+        return read_elastix_transform(path)
+    if suffix in ITK_SUFFIXES:
+        return read_itk_transform(path)
+    if suffix in FIELD_SUFFIXES:
+        try:
+            img = sitk.ReadImage(str(path), sitk.sitkVectorFloat64)
+        except RuntimeError:
+            raise MorphregError("not a readable displacement-field image", path) from None
+        if img.GetNumberOfComponentsPerPixel() != img.GetDimension():
+            raise MorphregError(f"a displacement field needs {img.GetDimension()} components per voxel, "
+                                f"found {img.GetNumberOfComponentsPerPixel()}", path)
+        field, grid = sitk_image_to_field(img)
+        return DisplacementFieldTransform(field, grid)
+    raise MorphregError(f"unknown transform file type {suffix!r}", path)
