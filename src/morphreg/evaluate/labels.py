@@ -1,0 +1,67 @@
+"""Label maps as named binary masks, and putting two label maps on one grid (never silently).
+
+A label map is either an integer image with one channel (each non-zero value is a structure) or a
+multi-channel "one-hot" image (4D NIfTI; each channel is a structure, voxels != 0 are inside).
+Masks are numpy bool arrays in tensor order (D, H, W) / (H, W).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from morphreg.errors import MorphregError
+from morphreg.image.grid import Grid
+from morphreg.image.image import Image
+from morphreg.transforms.warp import warp
+
+
+def label_masks(image: Image, labels: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Binary mask per structure.
+
+    Keys are ``"ch<k>"`` for multi-channel (one-hot) maps and ``str(value)`` for integer maps
+    (background 0 excluded). ``labels`` restricts/extends the keys (a requested key that is
+    absent gets an all-false mask, so it is reported as missing rather than dropped).
+    """
+    data = image.data.detach().cpu().numpy()
+    if image.channels > 1:
+        masks = {f"ch{k}": data[k] != 0 for k in range(image.channels)}
+    else:
+        values = np.unique(data[0])
+        masks = {str(int(v)): data[0] == v for v in values if v != 0}
+    if labels is not None:
+        empty = np.zeros(image.grid.shape, dtype=bool)
+        masks = {k: masks.get(k, empty) for k in labels}
+    return masks
+
+
+def union_keys(*maps: dict[str, np.ndarray]) -> list[str]:
+    """Structure keys present in any of the maps, channels/values in natural order."""
+    keys = {k for m in maps for k in m}
+
+    def order(k: str):
+        return (0, int(k[2:])) if k.startswith("ch") and k[2:].isdigit() else (1, int(k)) if k.lstrip("-").isdigit() else (2, k)
+
+    return sorted(keys, key=order)
+
+
+def to_reference(image: Image, reference: Grid, resample: bool, notes: list[str], what: str) -> Image:
+    """``image`` on ``reference``: returned unchanged if the grids match; otherwise resampled by
+    nearest neighbour (identity transform, world coordinates) with a note, or refused.
+
+    Comparing two label maps voxel by voxel is only meaningful on one grid, so a mismatch is never
+    ignored.
+    """
+    if image.dim != reference.dim:
+        raise MorphregError(f"{what} is {image.dim}D but the reference grid is {reference.dim}D", image.name)
+    if image.grid.same_as(reference):
+        return image
+    if not resample:
+        raise MorphregError(
+            f"{what} lies on a different grid than the reference ({image.grid!r} vs {reference!r}); "
+            "resample it first or allow resampling", image.name)
+    notes.append(f"{what} was on a different grid and was resampled onto the reference grid (nearest neighbour, world coordinates)")
+    return warp(image, None, reference, "nearest")
+
+
+def voxel_volume(grid: Grid) -> float:
+    """Volume (mm^3, or area mm^2 in 2D) of one voxel."""
+    return float(np.prod(grid.spacing))
