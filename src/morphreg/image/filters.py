@@ -52,6 +52,8 @@ def gaussian_kernel_1d(
     """
     if kind not in KERNELS:
         raise MorphregError(f"unknown Gaussian kernel {kind!r} (choose from {', '.join(KERNELS)})")
+    if not sigma_vox > 0:
+        raise MorphregError(f"Gaussian sigma must be > 0 voxels, got {sigma_vox}")
     radius = max(1, int(np.ceil(truncate * sigma_vox)))
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     if kind == "sampled":
@@ -63,19 +65,34 @@ def gaussian_kernel_1d(
     return torch.as_tensor(k / k.sum(), dtype=dtype, device=device)
 
 
-def _filter_axis(x: torch.Tensor, kernel: torch.Tensor, axis: int, boundary: str) -> torch.Tensor:
-    """Correlate (B, 1, *spatial) with a symmetric 1D kernel along tensor axis ``axis`` (0 = first spatial)."""
+def _pad_axis(x: torch.Tensor, axis: int, before: int, after: int, boundary: str) -> torch.Tensor:
+    """Pad tensor axis ``axis`` of (B, 1, *spatial) (0 = first spatial axis) only."""
     nsp = x.dim() - 2
-    radius = kernel.numel() // 2
     pad = [0, 0] * nsp
-    pad[2 * (nsp - 1 - axis)] = pad[2 * (nsp - 1 - axis) + 1] = radius  # F.pad lists the last axis first
-    if boundary == "reflect" and x.shape[2 + axis] <= radius:
-        boundary = "replicate"  # reflection needs more samples than the radius
-    x = F.pad(x, pad, mode=_PAD_MODE[boundary])
-    shape = [1, 1] + [1] * nsp
-    shape[2 + axis] = kernel.numel()
-    conv = (F.conv1d, F.conv2d, F.conv3d)[nsp - 1]
-    return conv(x, kernel.to(dtype=x.dtype, device=x.device).reshape(shape))
+    pad[2 * (nsp - 1 - axis)], pad[2 * (nsp - 1 - axis) + 1] = before, after  # F.pad lists the last axis first
+    if boundary == "reflect" and x.shape[2 + axis] <= max(before, after):
+        boundary = "replicate"  # reflection needs more samples than the pad width
+    return F.pad(x, pad, mode=_PAD_MODE[boundary])
+
+
+def _filter_axis(x: torch.Tensor, kernel: torch.Tensor, axis: int, boundary: str) -> torch.Tensor:
+    """Correlate (B, 1, *spatial) with a 1D kernel along tensor axis ``axis`` (0 = first spatial).
+
+    Shift-and-add over the padded tensor: on CPU this is several times faster than a depthwise
+    convolution with a (k, 1, 1) kernel, and exact.
+    """
+    radius = kernel.numel() // 2
+    n = x.shape[2 + axis]
+    xp = _pad_axis(x, axis, radius, radius, boundary)
+    if kernel.requires_grad:  # keep the kernel in the graph
+        kernel = kernel.to(dtype=x.dtype, device=x.device)
+        return sum(xp.narrow(2 + axis, j, n) * kernel[j] for j in range(kernel.numel()))
+    weights = kernel.detach().double().tolist()
+    out = xp.narrow(2 + axis, 0, n) * weights[0]
+    for j in range(1, len(weights)):
+        if weights[j] != 0.0:
+            out.add_(xp.narrow(2 + axis, j, n), alpha=weights[j])  # in place on our own buffer: autograd-safe
+    return out
 
 
 def separable_filter(
@@ -101,10 +118,11 @@ def separable_filter(
     # Channels become batch entries so one single-channel kernel serves every channel.
     x = data.reshape(n * c, 1, *data.shape[2:])
     for k, kernel in enumerate(kernels):
-        if kernel is not None and kernel.numel() > 1:
-            if kernel.numel() % 2 == 0:
-                raise MorphregError(f"kernel for axis {k} has even length {kernel.numel()}")
-            x = _filter_axis(x, kernel, nsp - 1 - k, boundary)
+        if kernel is None:
+            continue
+        if kernel.numel() % 2 == 0:
+            raise MorphregError(f"kernel for axis {k} has even length {kernel.numel()}")
+        x = _filter_axis(x, kernel, nsp - 1 - k, boundary)
     return x.reshape(data.shape)
 
 
@@ -139,8 +157,10 @@ def box_filter(
     windows = _per_axis(window_vox, nsp, "window_vox")
     if any(w != int(w) or int(w) % 2 == 0 for w in windows):
         raise MorphregError(f"box window {windows} must be odd whole numbers of voxels")
+    # Shift-and-add of ones: exact in the data's precision (unlike running sums, whose differences
+    # lose digits on long axes), and on CPU faster than a float64 cumulative sum for usual windows.
     kernels = [
-        torch.full((int(w),), 1.0 / w if normalize else 1.0, dtype=data.dtype, device=data.device) for w in windows
+        torch.full((int(w),), 1.0 / w if normalize else 1.0, dtype=torch.float64) for w in windows
     ]
     return separable_filter(data, kernels, boundary)
 
