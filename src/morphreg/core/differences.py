@@ -39,3 +39,51 @@ def world_gradient(field: torch.Tensor, grid: Grid) -> torch.Tensor:
     m = torch.as_tensor(grid.world_to_index()[:dim, :dim], dtype=field.dtype, device=field.device)  # di/dx
     # d/dx_j = sum_k (di_k/dx_j) d/di_k
     return torch.einsum("kj,nck...->ncj...", m, g_idx)
+
+
+def forward_differences(field: torch.Tensor, dim: int) -> list[torch.Tensor]:
+    """Forward differences f(i + 1) - f(i) along each index axis (voxel units), x first.
+
+    Entry k has one sample fewer along index axis k (a staggered grid between voxel centres).
+    Unlike the central differences of :func:`index_gradient` it sees the highest frequency
+    (a +-1 checkerboard), which is why energies such as the diffusion penalty sum over it.
+    """
+    return [torch.diff(field, dim=field.dim() - 1 - k) for k in range(dim)]
+
+
+def index_hessian(field: torch.Tensor, dim: int) -> torch.Tensor:
+    """Second derivatives along index axes (voxel units): (N, C, *spatial) -> (N, C, dim, dim, *spatial).
+
+    Pure terms use the compact stencil f(i+1) - 2 f(i) + f(i-1) (the border value repeats its
+    neighbour's, so affine fields give exactly 0 everywhere); mixed terms apply the central
+    differences of :func:`index_gradient` along both axes.
+    """
+    grad = index_gradient(field, dim)  # (N, C, dim, *spatial)
+    mixed = index_gradient(grad.flatten(1, 2), dim).reshape(*grad.shape[:3], dim, *grad.shape[3:])
+    rows = []
+    for j in range(dim):
+        row = []
+        for k in range(dim):
+            row.append(_second_difference(field, field.dim() - 1 - k) if j == k else mixed[:, :, j, k])
+        rows.append(torch.stack(row, dim=2))
+    return torch.stack(rows, dim=2)
+
+
+def _second_difference(field: torch.Tensor, axis: int) -> torch.Tensor:
+    n = field.shape[axis]
+    if n < 3:
+        return torch.zeros_like(field)
+    inner = field.narrow(axis, 2, n - 2) - 2 * field.narrow(axis, 1, n - 2) + field.narrow(axis, 0, n - 2)
+    return torch.cat([inner.narrow(axis, 0, 1), inner, inner.narrow(axis, n - 3, 1)], dim=axis)
+
+
+def world_hessian(field: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Second derivatives w.r.t. world coordinates (mm^-2): (N, C, *spatial) -> (N, C, dim, dim, *spatial).
+
+    H_world = M^T H_index M with M = di/dx (handles spacing and direction); entry [j, k] is
+    d^2 / dx_j dx_k, symmetric.
+    """
+    dim = grid.dim
+    h = index_hessian(field, dim)
+    m = torch.as_tensor(grid.world_to_index()[:dim, :dim], dtype=field.dtype, device=field.device)
+    return torch.einsum("aj,bk,ncab...->ncjk...", m, m, h)
