@@ -46,3 +46,13 @@ from morphreg.cli.basic import apply_cmd, demo_cmd, info_cmd  # noqa: E402
 app.command("info")(info_cmd)
 app.command("apply")(apply_cmd)
 app.command("demo")(demo_cmd)
+
+from morphreg.cli.evaluate import compare_cmd, evaluate_cmd, report_cmd  # noqa: E402
+
+app.command("evaluate")(evaluate_cmd)
+app.command("compare")(compare_cmd)
+app.command("report")(report_cmd)
+
+from morphreg.cli.register import register_cmd  # noqa: E402
+
+app.command("register")(register_cmd)

@@ -137,13 +137,17 @@ def _adam(view, fn, iterations, config, callback, generator) -> list[float]:
     stop = _RelativeStop(config.tolerance, config.patience)
     trace: list[float] = []
     best, best_z = math.inf, view.z.detach().clone()
-    for _ in range(iterations):
+    # The rate decays geometrically to final_lr_ratio * lr over the budget: big moves first, precision last.
+    ratio = float(config.extra.get("final_lr_ratio", 1.0))
+    for i in range(iterations):
         value = float(view.evaluate(fn))
         _report(trace, value, callback)
         if value < best:
             best, best_z = value, view.z.detach().clone()
         if stop(value):
             break
+        for group in opt.param_groups:
+            group["lr"] = config.lr * ratio ** (i / max(1, iterations - 1))
         opt.step()
     _keep_best(view, best_z)
     return trace

@@ -1,0 +1,52 @@
+"""``morphreg register FIXED MOVING -o OUT``: run a registration preset and write its outputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from morphreg.errors import MorphregError
+
+console = Console()
+
+
+def register_cmd(
+    fixed: Path = typer.Argument(..., help="Fixed (reference) image."),
+    moving: Path = typer.Argument(..., help="Moving image, registered onto the fixed one."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder (written atomically)."),
+    preset: str = typer.Option("default", "--preset", "-p",
+                               help="rigid | affine | bspline | syn | demons | tps | rigidity | default."),
+    metric: str = typer.Option(None, "--metric", "-m", help="Similarity for every stage: mse ncc lncc ngf mi nmi mind."),
+    fixed_mask: Path = typer.Option(None, "--fixed-mask", help="Mask of the fixed image (non-zero = used)."),
+    moving_mask: Path = typer.Option(None, "--moving-mask", help="Mask of the moving image."),
+    fixed_labels: Path = typer.Option(None, "--fixed-labels", help="Fixed label map or 4D one-hot stack."),
+    moving_labels: Path = typer.Option(None, "--moving-labels", help="Moving label map or 4D one-hot stack."),
+    label_weight: float = typer.Option(1.0, "--label-weight", help="Weight of the soft-Dice label term."),
+    fixed_landmarks: Path = typer.Option(None, "--fixed-landmarks", help="CSV (x,y[,z] LPS mm per row) or label image."),
+    moving_landmarks: Path = typer.Option(None, "--moving-landmarks", help="Corresponding moving landmarks."),
+    rigidity_mask: Path = typer.Option(None, "--rigidity-mask", help="Fixed-grid mask kept rigid (rigidity preset)."),
+    modality: str = typer.Option("auto", "--modality", help="auto | mono | multi (chooses the default metrics)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (stochastic optimisers)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Register MOVING onto FIXED; OUT gets warped.nii.gz, transform.h5, displacement.nii.gz,
+    inverse_displacement.nii.gz (when the method has an inverse) and summary.json."""
+    from morphreg.register import register
+
+    if output.exists() and not output.is_dir():
+        raise MorphregError("output exists and is not a folder", output)
+    result = register(
+        fixed, moving, preset, fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_labels=fixed_labels,
+        moving_labels=moving_labels, label_weight=label_weight, fixed_landmarks=fixed_landmarks,
+        moving_landmarks=moving_landmarks, rigidity_mask=rigidity_mask, metric=metric, modality=modality,
+        device=device, seed=seed, progress=not quiet,
+    )
+    result.save(output)
+    t = result.timings
+    diverged = [f"{s['index']}:{s['model']}" for s in result.stages if s.get("diverged")]
+    console.print(f"[bold]{result.preset}[/] ({result.modality}modal) -> {output}  "
+                  f"final metric {result.final_metric if result.final_metric is None else f'{result.final_metric:.5g}'}, "
+                  f"folding {result.folding_percent:.3f} %, {t['total_s']:.1f} s"
+                  + (f"; discarded diverging stage(s) {', '.join(diverged)}" if diverged else ""), highlight=False)

@@ -1,0 +1,366 @@
+"""``register(fixed, moving, preset, **overrides) -> Result``: runs the stages of a preset.
+
+Each stage optimises one transform model coarse to fine (:func:`morphreg.optim.run_stage`) on top of
+the previous stages' transform; linear stages replace a linear prior (affine starts from rigid),
+deformable stages compose with it: T = CompositeTransform([linear, deformable]) maps fixed points to
+moving points. A stage that ends worse than it started (its objective at the finest level) is
+discarded and the previous transform is kept.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from morphreg.errors import MorphregError
+from morphreg.image.image import Image
+from morphreg.image.io import read_image
+from morphreg.optim.models import LINEAR_MODELS, build_model
+from morphreg.optim.multires import Level, StageInputs, run_stage
+from morphreg.optim.optimizers import OptimizerConfig
+from morphreg.register.initialize import initialize
+from morphreg.register.presets import STAGE_KEYS, get_preset
+from morphreg.register.result import Result, folding_percent
+from morphreg.transforms import CompositeTransform, LinearTransform, ThinPlateSplineTransform, Transform
+from morphreg.transforms.warp import warp
+
+MERGED_KEYS = ("model_params", "similarity_params", "optimizer")
+
+
+# ----- inputs -----------------------------------------------------------------------------------------
+def _load(x, what: str, dtype=None) -> Image | None:
+    if x is None:
+        return None
+    if isinstance(x, (str, Path)):
+        return read_image(x, dtype=dtype)
+    if not isinstance(x, Image):
+        raise MorphregError(f"{what} must be an Image or a path, got {type(x).__name__}")
+    return x if dtype is None else x.to(dtype=dtype)
+
+
+def _check_intensity(image: Image, what: str) -> Image:
+    image = image.float().check_finite()
+    image = image.with_data(image.data.detach())
+    if float(image.data.max() - image.data.min()) <= 0:
+        raise MorphregError(f"{what} image is constant: nothing to register", image.name)
+    return image
+
+
+def _check_same_dim(a: Image, b: Image, what: str) -> None:
+    if a.dim != b.dim:
+        raise MorphregError(f"{what} is {a.dim}D but the image it goes with is {b.dim}D", a.name)
+
+
+def _mask(mask, image: Image, what: str) -> Image | None:
+    mask = _load(mask, what)
+    if mask is None:
+        return None
+    _check_same_dim(mask, image, what)
+    data = mask.data[:1]
+    if data.is_floating_point() and not torch.isfinite(data).all():
+        raise MorphregError(f"{what} has NaN/inf voxels", mask.name)
+    out = mask.with_data((data > 0.5 if data.is_floating_point() else data > 0).float())
+    if float(out.data.sum()) == 0:
+        raise MorphregError(f"{what} is empty (no voxel inside)", mask.name)
+    return out
+
+
+def one_hot_labels(fixed_labels: Image, moving_labels: Image) -> tuple[Image, Image]:
+    """Float one-hot stacks (K, *shape) of both label inputs, channels in correspondence.
+
+    Integer maps: one channel per non-zero label present in both. Multi-channel inputs (4D one-hot
+    stacks) are used channel by channel; both must have the same number of channels.
+    """
+    if fixed_labels.channels > 1 or moving_labels.channels > 1:
+        if fixed_labels.channels != moving_labels.channels:
+            raise MorphregError(f"label stacks have {fixed_labels.channels} and {moving_labels.channels} channels; "
+                                "they must correspond one to one", moving_labels.name)
+        return (fixed_labels.with_data((fixed_labels.data > 0.5).float()),
+                moving_labels.with_data((moving_labels.data > 0.5).float()))
+    values = sorted(set(fixed_labels.labels()) & set(moving_labels.labels()))
+    if not values:
+        raise MorphregError("the fixed and moving label maps share no non-zero label", moving_labels.name)
+    return (fixed_labels.with_data(torch.stack([(fixed_labels.data[0] == v).float() for v in values])),
+            moving_labels.with_data(torch.stack([(moving_labels.data[0] == v).float() for v in values])))
+
+
+def read_landmarks(x, what: str) -> torch.Tensor | None:
+    """(K, dim) world mm from an array, a CSV/TXT file (one point per row, x, y[, z] in LPS mm) or a
+    label image (the centroid of each label, or of each channel of a one-hot stack)."""
+    if x is None:
+        return None
+    if isinstance(x, (str, Path)) and Path(x).suffix.lower() in (".csv", ".txt"):
+        path = Path(x)
+        if not path.exists():
+            raise MorphregError("file not found", path)
+        try:
+            arr = np.loadtxt(path, delimiter="," if path.suffix.lower() == ".csv" else None, ndmin=2)
+        except ValueError as exc:
+            raise MorphregError(f"cannot read landmarks: {exc}", path) from None
+        return torch.as_tensor(arr, dtype=torch.float32)
+    if isinstance(x, (str, Path, Image)):
+        img = _load(x, what)
+        pts = img.grid.points(dtype=torch.float64).reshape(-1, img.dim)
+        chans = ([img.data[c].reshape(-1) > 0.5 for c in range(img.channels)] if img.channels > 1
+                 else [img.data[0].reshape(-1) == v for v in img.labels()])
+        cents = [pts[m].mean(0) for m in chans if bool(m.any())]
+        if len(cents) != len(chans):
+            raise MorphregError(f"{what}: a landmark label/channel is empty", img.name)
+        return torch.stack(cents).float()
+    return torch.as_tensor(np.asarray(x, np.float64), dtype=torch.float32)
+
+
+def detect_modality(fixed: Image, moving: Image) -> str:
+    """"mono" when the two intensity distributions look alike (same modality), else "multi".
+
+    Compares the quantile functions of both images, each scaled to its 1st..99th percentile range:
+    mean absolute difference below 0.1 means the same kind of image.
+    """
+    q = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
+
+    def curve(img: Image) -> torch.Tensor:
+        v = img.data[0].reshape(-1).double()
+        v = v[torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:200000]]
+        lo, hi = torch.quantile(v, 0.01), torch.quantile(v, 0.99)
+        return (torch.quantile(v, q) - lo) / (hi - lo).clamp_min(1e-12)
+
+    return "mono" if float((curve(fixed) - curve(moving)).abs().mean()) < 0.1 else "multi"
+
+
+# ----- stages -----------------------------------------------------------------------------------------
+def apply_overrides(stages: list[dict], overrides: dict) -> list[dict]:
+    """Override keys of every stage (``levels=...``) or of one stage (``{"2.levels": ...}`` or
+    ``{"svf.levels": ...}``, by index or model name). Dict-valued keys are merged."""
+    stages = copy.deepcopy(stages)
+    for key, value in overrides.items():
+        target, _, name = key.rpartition(".")
+        if name not in STAGE_KEYS:
+            raise MorphregError(f"unknown registration parameter {key!r} (stage keys: {', '.join(STAGE_KEYS)})")
+        for i, stage in enumerate(stages):
+            if target and target != str(i) and target != stage.get("model"):
+                continue
+            if name in MERGED_KEYS and isinstance(value, dict):
+                stage[name] = {**stage.get(name, {}), **value}
+            else:
+                stage[name] = copy.deepcopy(value)
+    return stages
+
+
+def resolve_levels(levels, fixed: Image) -> list[Level]:
+    """[[shrink, sigma_mm | None, iterations], ...] -> Levels; None sigma = shrink / 2 fixed voxels."""
+    out = []
+    for entry in levels:
+        shrink, sigma, its = (list(entry) + [None, 50])[:3] if not isinstance(entry, dict) else (
+            entry["shrink"], entry.get("sigma_mm"), entry.get("iterations", 50))
+        if sigma is None:
+            sigma = 0.0 if shrink <= 1 else 0.5 * float(shrink) * float(fixed.grid.spacing.min())
+        out.append(Level(float(shrink), float(sigma), int(its)))
+    return out
+
+
+def _similarity(stage: dict, modality: str) -> tuple[str, dict]:
+    sim = stage.get("similarity", "ncc")
+    if isinstance(sim, dict):
+        sim = sim[modality]
+    params = stage.get("similarity_params", {}) or {}
+    if sim in params and isinstance(params[sim], dict):
+        params = params[sim]  # per-similarity parameters
+    elif any(isinstance(v, dict) for v in params.values()):
+        params = {}
+    return sim, dict(params)
+
+
+def _compose(prior: Transform | None, stage: Transform) -> Transform:
+    return stage if prior is None else CompositeTransform([prior, stage])
+
+
+def _inverse(prior_inv: Transform | None, stage_inv: Transform | None, had_prior: bool) -> Transform | None:
+    if stage_inv is None or (had_prior and prior_inv is None):
+        return None
+    return stage_inv if not had_prior else CompositeTransform([stage_inv, prior_inv])
+
+
+# ----- the driver -------------------------------------------------------------------------------------
+def register(
+    fixed: Image | str | Path,
+    moving: Image | str | Path,
+    preset: str | list[dict] = "default",
+    *,
+    fixed_mask=None,
+    moving_mask=None,
+    fixed_labels=None,
+    moving_labels=None,
+    label_weight: float = 1.0,
+    fixed_landmarks=None,
+    moving_landmarks=None,
+    landmark_weight: float = 1.0,
+    rigidity_mask=None,
+    metric: str | None = None,
+    modality: str = "auto",
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+    **overrides,
+) -> Result:
+    """Register ``moving`` to ``fixed``.
+
+    Args:
+        fixed, moving: Images or paths (2D or 3D, same dimension).
+        preset: a name of ``morphreg.register.presets.PRESETS`` ("rigid", "affine", "bspline", "syn",
+            "demons", "tps", "rigidity", "default" = affine then SyN with a modality-chosen metric)
+            or a list of stage dicts.
+        fixed_mask, moving_mask: where the similarity is evaluated (non-zero = inside).
+        fixed_labels, moving_labels: integer maps or one-hot stacks; they add
+            ``label_weight * (1 - soft Dice)`` to every stage.
+        fixed_landmarks, moving_landmarks: corresponding points (K, dim) mm, CSV files or label
+            images; they add ``landmark_weight * mean |T(p) - q|^2 / (10 mm)^2`` (and drive "tps").
+        rigidity_mask: fixed-grid mask used by penalties with ``"mask": "rigidity"``.
+        metric: similarity for every stage (overrides the preset and the modality choice).
+        modality: "auto" (from the intensity distributions), "mono" or "multi".
+        device: "cpu" or "cuda".
+        seed: seed of every random choice (stochastic optimisers).
+        progress: show a rich progress bar with the metric per level.
+        **overrides: stage keys (``levels``, ``optimizer``, ``penalties``, ...), for every stage or
+            ``{"<index or model>.<key>": value}`` for one (see :func:`apply_overrides`).
+    Returns:
+        :class:`Result` with the fixed -> moving transform, its inverse when available, the warped
+        moving image, the metric trace and time per level, and the resolved parameters.
+    """
+    t_start = time.perf_counter()
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise MorphregError(f"unknown device {device!r} (cpu or cuda)")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise MorphregError("device 'cuda' requested but no CUDA device is available")
+    fixed_path = str(fixed) if isinstance(fixed, (str, Path)) else getattr(fixed, "name", None)
+    moving_path = str(moving) if isinstance(moving, (str, Path)) else getattr(moving, "name", None)
+    fixed = _check_intensity(_load(fixed, "fixed image"), "fixed")
+    moving = _check_intensity(_load(moving, "moving image"), "moving")
+    if fixed.dim != moving.dim:
+        raise MorphregError(f"fixed image is {fixed.dim}D but moving image is {moving.dim}D", moving.name)
+    fmask, mmask = _mask(fixed_mask, fixed, "fixed mask"), _mask(moving_mask, moving, "moving mask")
+    rmask = _mask(rigidity_mask, fixed, "rigidity mask")
+    fl, ml = _load(fixed_labels, "fixed labels"), _load(moving_labels, "moving labels")
+    if (fl is None) != (ml is None):
+        raise MorphregError("give both fixed and moving labels, or neither")
+    if fl is not None:
+        _check_same_dim(fl, fixed, "fixed labels")
+        _check_same_dim(ml, moving, "moving labels")
+        fl, ml = one_hot_labels(fl, ml)
+    p, q = read_landmarks(fixed_landmarks, "fixed landmarks"), read_landmarks(moving_landmarks, "moving landmarks")
+    if (p is None) != (q is None):
+        raise MorphregError("give both fixed and moving landmarks, or neither")
+    if p is not None and (p.shape != q.shape or p.shape[-1] != fixed.dim):
+        raise MorphregError(f"landmarks must be two (K, {fixed.dim}) sets of the same size; got {tuple(p.shape)} and {tuple(q.shape)}")
+    if modality not in ("auto", "mono", "multi"):
+        raise MorphregError(f"modality must be auto, mono or multi, not {modality!r}")
+    modality = detect_modality(fixed, moving) if modality == "auto" else modality
+
+    preset_name = preset if isinstance(preset, str) else "custom"
+    stages = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(list(preset))
+    if metric is not None:
+        overrides = {"similarity": metric, **overrides}
+    stages = apply_overrides(stages, overrides)
+    inputs = StageInputs(fixed, moving, fmask, mmask, fl, ml, None if p is None else (p, q),
+                         {"rigidity": rmask} if rmask is not None else {})
+    t_io = time.perf_counter() - t_start
+
+    # A default-device context only where needed: it costs a dispatch on every CPU operation.
+    with (torch.device(device) if device != "cpu" else contextlib.nullcontext()):
+        return _run(stages, inputs, modality, preset_name, label_weight, landmark_weight, seed, progress,
+                    fixed_path, moving_path, t_io, t_start)
+
+
+def _run(stages, inputs: StageInputs, modality, preset_name, label_weight, landmark_weight, seed, progress,
+         fixed_path, moving_path, t_io, t_start) -> Result:
+    fixed, moving = inputs.fixed, inputs.moving
+    transform: Transform | None = None
+    inverse: Transform | None = None
+    report_stages = []
+    bar = _progress() if progress else None
+    if bar is not None:
+        bar.start()
+    try:
+        for i, stage in enumerate(stages):
+            t0 = time.perf_counter()
+            kind = stage.get("model")
+            record = {"index": i, **copy.deepcopy(stage)}
+            if kind == "tps":
+                transform, inverse = _tps_stage(stage, inputs, transform, inverse)
+                record.update(seconds=[time.perf_counter() - t0], diverged=False)
+                report_stages.append(record)
+                continue
+            levels = resolve_levels(stage.get("levels", [[1, 0, 50]]), fixed)
+            record["levels"] = [[lv.shrink, lv.sigma_mm, lv.iterations] for lv in levels]
+            if kind in LINEAR_MODELS and transform is None:
+                init = stage.get("init") or "identity"
+                params = dict(init[1]) if isinstance(init, (list, tuple)) else {}
+                name = init[0] if isinstance(init, (list, tuple)) else init
+                transform = initialize(fixed, moving, name, inputs.fixed_mask, inputs.moving_mask, **params)
+                inverse = transform.inverse()
+                record["initial_transform"] = transform.to_dict()
+            prior = transform
+            model = build_model(kind, stage.get("model_params", {}) or {}, prior, fixed.grid, len(levels))
+            sim, sim_params = _similarity(stage, modality)
+            record.update(similarity=sim, similarity_params=sim_params)
+            opt = OptimizerConfig(**(stage.get("optimizer") or {}))
+            outcome = run_stage(
+                model, inputs, levels, sim, sim_params, stage.get("penalties", []) or [], opt,
+                label_weight=float(stage.get("label_weight", label_weight)),
+                landmark_weight=float(stage.get("landmark_weight", landmark_weight)),
+                similarity_weight=float(stage.get("similarity_weight", 1.0)),
+                seed=seed + i, progress=bar, name=f"{i}:{kind}",
+            )
+            record.update(trace=outcome.trace, seconds=outcome.seconds, initial_objective=outcome.initial,
+                          final_objective=outcome.final, terms=outcome.terms, diverged=outcome.diverged)
+            report_stages.append(record)
+            if outcome.diverged:
+                continue  # keep the previous stages' transform
+            stage_t = model.stage_transform()
+            if model.prior is None:  # linear stage replacing a linear prior
+                transform, inverse = stage_t, model.inverse_transform()
+            else:
+                transform = _compose(prior, stage_t)
+                inverse = _inverse(inverse, model.inverse_transform(), True)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if transform is None:
+        raise MorphregError("the preset has no stage")
+    for prm in transform.parameters():
+        prm.requires_grad_(False)
+    t_warp = time.perf_counter()
+    with torch.no_grad():
+        warped = warp(moving, transform, fixed.grid, "linear")
+        folding = folding_percent(transform, fixed.grid, inputs.fixed_mask)
+    summary_times = {"io_s": t_io, "stages_s": [sum(r.get("seconds", [0.0])) for r in report_stages],
+                     "warp_s": time.perf_counter() - t_warp, "total_s": time.perf_counter() - t_start}
+    final = next((r.get("final_objective") for r in reversed(report_stages) if not r.get("diverged") and "final_objective" in r), None)
+    return Result(
+        transform=transform, inverse=inverse, warped=warped, fixed=fixed, moving=moving,
+        stages=report_stages, timings=summary_times, preset=preset_name, modality=modality,
+        final_metric=final, folding_percent=folding, fixed_path=fixed_path, moving_path=moving_path,
+    )
+
+
+def _tps_stage(stage, inputs: StageInputs, prior, prior_inv):
+    if inputs.landmarks is None:
+        raise MorphregError("the tps method needs fixed and moving landmarks")
+    p, q = inputs.landmarks
+    if prior is not None:
+        if not isinstance(prior, LinearTransform):
+            raise MorphregError("a tps stage can only follow linear stages")
+        q = prior.inverse().points(q)  # the spline then maps fixed points to the linearly aligned space
+    tps = ThinPlateSplineTransform(p.detach(), q.detach(), float((stage.get("model_params") or {}).get("smoothing", 0.0)),
+                                   domain=inputs.fixed.grid)
+    return _compose(prior, tps), None
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("metric {task.fields[metric]:.5g}"), TimeElapsedColumn(), transient=False)

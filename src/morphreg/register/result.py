@@ -1,0 +1,113 @@
+"""What a registration returns, and how it is written to disk (atomically, as ITK files)."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from morphreg.core.files import atomic_dir
+from morphreg.image.grid import Grid
+from morphreg.image.image import Image
+from morphreg.image.io import write_image
+from morphreg.transforms import Transform
+
+
+def folding_percent(transform: Transform, grid: Grid, mask: Image | None = None) -> float:
+    """Share (%) of voxels of ``grid`` (inside ``mask``) where det J of the transform is <= 0."""
+    if transform.linear:
+        det = float(torch.linalg.det(transform.matrix().detach().double()))
+        return 0.0 if det > 0 else 100.0
+    det = transform.jacobian_determinant(grid)[0]
+    inside = torch.ones_like(det, dtype=torch.bool) if mask is None else mask.data[0] > 0.5
+    return float(100.0 * ((det <= 0) & inside).sum() / inside.sum().clamp_min(1))
+
+
+def _plain(x):
+    """JSON-safe copy: tensors/arrays to lists, NaN/inf to None."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return _plain(x.detach().cpu().tolist())
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, (np.floating, np.integer)):
+        return _plain(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Grid):
+        return {"size": list(x.size), "origin": x.origin.tolist(), "spacing": x.spacing.tolist()}
+    return x
+
+
+@dataclass
+class Result:
+    """A registration's outcome.
+
+    Attributes:
+        transform: maps fixed world points to moving world points (mm); ``warp(moving, transform, fixed)``.
+        inverse: moving -> fixed points, when the method provides one (linear, SVF-based), else None.
+        warped: the moving image on the fixed grid.
+        stages: per stage the resolved parameters, metric trace per level, seconds per level,
+            objective before/after and whether it diverged (then it was discarded).
+        timings: seconds for input checks, each stage, the final warp, and in total.
+        final_metric: objective of the last kept stage at full resolution (lower is better).
+        folding_percent: share of fixed voxels (inside the fixed mask) with det J <= 0.
+    """
+
+    transform: Transform
+    inverse: Transform | None
+    warped: Image
+    fixed: Image
+    moving: Image
+    stages: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    preset: str = "default"
+    modality: str = "mono"
+    final_metric: float | None = None
+    folding_percent: float = 0.0
+    fixed_path: str | None = None
+    moving_path: str | None = None
+
+    @property
+    def trace(self) -> list[list[list[float]]]:
+        """Objective values per stage, per level, per iteration."""
+        return [s.get("trace", []) for s in self.stages]
+
+    def summary(self) -> dict:
+        stages = []
+        for s in self.stages:
+            s = {k: v for k, v in s.items() if k != "trace"}
+            stages.append(s)
+        return _plain({
+            "preset": self.preset,
+            "modality": self.modality,
+            "fixed": self.fixed_path,
+            "moving": self.moving_path,
+            "stages": stages,
+            "final_metric": self.final_metric,
+            "folding_percent": self.folding_percent,
+            "timings": self.timings,
+            "has_inverse": self.inverse is not None,
+            "transform_direction": "fixed -> moving (warped = moving sampled at T(x) for x on the fixed grid)",
+            "trace": self.trace,
+        })
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write warped.nii.gz, transform.h5 (ITK composite), displacement.nii.gz (fixed grid, mm),
+        inverse_displacement.nii.gz (moving grid; when there is an inverse) and summary.json.
+        The folder appears complete or not at all."""
+        out_dir = Path(out_dir)
+        with atomic_dir(out_dir) as tmp:
+            write_image(self.warped, tmp / "warped.nii.gz")
+            self.transform.save(tmp / "transform.h5", grid=self.fixed.grid)
+            self.transform.save(tmp / "displacement.nii.gz", grid=self.fixed.grid)
+            if self.inverse is not None:
+                self.inverse.save(tmp / "inverse_displacement.nii.gz", grid=self.moving.grid)
+            (tmp / "summary.json").write_text(json.dumps(self.summary(), indent=2))
+        return out_dir
