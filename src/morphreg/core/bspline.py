@@ -84,24 +84,33 @@ def evaluate_bspline(coef: torch.Tensor, index: torch.Tensor, boundary: str = "z
         base = torch.floor(u)
         w = cubic_bspline_weights(u - base)  # (N, P, dim, 4)
         base = base.long() - 1
-        acc = torch.zeros(n_batch, channels, u.shape[1], dtype=coef.dtype, device=coef.device)
-        for combo in itertools.product(range(4), repeat=dim):
-            weight = torch.ones_like(u[..., 0])
-            flat_idx = torch.zeros_like(base[..., 0])
-            valid = torch.ones_like(weight, dtype=torch.bool)
-            for k, o in enumerate(combo):
+        # Per axis and offset once (4 * dim index/weight vectors), not once per neighbour (4 ** dim):
+        # the boundary handling is most of the cost.
+        offsets, weights = [], []
+        for k in range(dim):
+            axis_idx, axis_w = [], []
+            for o in range(4):
                 i = base[..., k] + o
+                wk = w[..., k, o]
                 if boundary == "mirror":
                     i = _mirror(i, size_xyz[k])
                 else:
-                    valid &= (i >= 0) & (i < size_xyz[k])
+                    wk = wk * ((i >= 0) & (i < size_xyz[k]))
                     i = i.clamp(0, size_xyz[k] - 1)
-                weight = weight * w[..., k, o]
-                flat_idx = flat_idx + i * strides[k]
-            if boundary != "mirror":
-                weight = weight * valid
+                axis_idx.append(i * strides[k])
+                axis_w.append(wk)
+            offsets.append(axis_idx)
+            weights.append(axis_w)
+        acc = None
+        for combo in itertools.product(range(4), repeat=dim):
+            flat_idx = offsets[0][combo[0]]
+            weight = weights[0][combo[0]]
+            for k in range(1, dim):
+                flat_idx = flat_idx + offsets[k][combo[k]]
+                weight = weight * weights[k][combo[k]]
             vals = torch.gather(flat, 2, flat_idx[:, None, :].expand(-1, channels, -1))
-            acc = acc + vals * weight[:, None, :]
+            term = vals * weight[:, None, :]
+            acc = term if acc is None else acc + term
         outs.append(acc)
     return torch.cat(outs, dim=2)
 

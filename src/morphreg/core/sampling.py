@@ -5,6 +5,7 @@ warping, networks' spatial transformers) goes through :func:`sample`.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -17,9 +18,14 @@ INTERPOLATIONS = ("nearest", "linear", "bspline")
 
 def affine_points(points: torch.Tensor, matrix) -> torch.Tensor:
     """Apply a homogeneous (dim+1, dim+1) matrix to points (..., dim)."""
-    m = torch.as_tensor(matrix, dtype=points.dtype, device=points.device)
     dim = points.shape[-1]
-    return points @ m[:dim, :dim].T + m[:dim, dim]
+    matrix = np.asarray(matrix, np.float64) if not isinstance(matrix, torch.Tensor) else matrix
+    m = torch.as_tensor(matrix, dtype=points.dtype, device=points.device)
+    # Speed on millions of points: axis-aligned grids need only a scale and a shift (one fused
+    # pass), and F.linear (one addmm) is about twice as fast as matmul-then-add otherwise.
+    if isinstance(matrix, np.ndarray) and np.count_nonzero(matrix[:dim, :dim] - np.diag(np.diag(matrix[:dim, :dim]))) == 0:
+        return torch.addcmul(m[:dim, dim], points, torch.diagonal(m[:dim, :dim]))
+    return F.linear(points, m[:dim, :dim], m[:dim, dim])
 
 
 def sample(
@@ -49,12 +55,18 @@ def sample(
     n_batch = max(data.shape[0], points.shape[0])
     out_shape = points.shape[1:-1]
     pts = points.reshape(points.shape[0], -1, dim)
-    index = affine_points(pts, grid.world_to_index())
     if interpolation == "bspline":
+        index = affine_points(pts, grid.world_to_index())
         coef = data if prefiltered else bspline_prefilter(data, dim)
         values = evaluate_bspline(coef, index, boundary="mirror")
+        if fill_value is not None:
+            size = torch.as_tensor(grid.size, dtype=index.dtype, device=index.device)
+            inside = ((index >= -0.5) & (index <= size - 0.5)).all(dim=-1)  # (N, P)
+            values = _fill_outside(values, inside, fill_value)
     else:
-        norm = affine_points(index, grid.index_to_norm())
+        # One pass from world to grid_sample's coordinates (speed matters: this runs on every voxel).
+        matrix, bound = _world_to_sampling(grid)
+        norm = affine_points(pts, matrix)
         view = (norm.shape[0], norm.shape[1]) + (1,) * (dim - 1) + (dim,)
         values = F.grid_sample(
             data.expand(n_batch, *data.shape[1:]) if data.shape[0] != n_batch else data,
@@ -63,8 +75,43 @@ def sample(
             padding_mode="border",
             align_corners=True,
         ).reshape(n_batch, data.shape[1], -1)
-    if fill_value is not None:
-        size = torch.as_tensor(grid.size, dtype=index.dtype, device=index.device)
-        inside = ((index >= -0.5) & (index <= size - 0.5)).all(dim=-1)  # (N, P)
-        values = torch.where(inside[:, None, :], values, torch.as_tensor(fill_value, dtype=values.dtype, device=values.device))
+        if fill_value is not None:
+            # Inside = continuous index in [-0.5, n - 0.5] per axis, i.e. |norm| <= bound.
+            values = _fill_outside(values, _inside(norm.detach(), bound), fill_value)
     return values.reshape(values.shape[0], values.shape[1], *out_shape)
+
+
+def _inside(norm: torch.Tensor, bound: np.ndarray) -> torch.Tensor | None:
+    """(N, P) mask of points (N, P, dim) with |norm_k| <= bound_k on every axis; None if all are inside."""
+    if norm.numel() == 0:
+        return None
+    lo, hi = torch.aminmax(norm.reshape(-1, norm.shape[-1]), dim=0)  # one cheap reduction
+    outside_axes = [k for k in range(norm.shape[-1]) if lo[k] < -bound[k] or hi[k] > bound[k]]
+    inside = None
+    for k in outside_axes:  # per axis and in place: ~4x cheaper than one (N, P, dim) comparison
+        ok = norm[..., k].abs() <= bound[k]
+        inside = ok if inside is None else inside.logical_and_(ok)
+    return inside
+
+
+def _fill_outside(values: torch.Tensor, inside: torch.Tensor | None, fill_value: float) -> torch.Tensor:
+    """values (N, C, P) with ``fill_value`` where ``inside`` (N|1, P) is False (None: all inside)."""
+    if inside is None:
+        return values
+    return torch.where(inside[:, None, :], values, torch.as_tensor(fill_value, dtype=values.dtype, device=values.device))
+
+
+def _world_to_sampling(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """World mm -> ``grid_sample`` coordinates (align_corners=True) and the per-axis bound of the domain.
+
+    Same as ``grid.world_to_norm()`` except along single-voxel axes, where grid_sample ignores the
+    coordinate; there it is 2 * index so that the domain test |norm| <= bound still holds. The bound
+    is the normalised position of index n - 0.5 (ITK's inside-the-image rule).
+    """
+    n = np.asarray(grid.size, np.float64)
+    scale = np.where(n > 1, 2.0 / np.maximum(n - 1, 1), 2.0)
+    to_norm = np.eye(grid.dim + 1)
+    to_norm[: grid.dim, : grid.dim] = np.diag(scale)
+    to_norm[: grid.dim, grid.dim] = np.where(n > 1, -1.0, 0.0)
+    bound = np.where(n > 1, 1.0 + 1.0 / np.maximum(n - 1, 1), 1.0)
+    return to_norm @ grid.world_to_index(), bound

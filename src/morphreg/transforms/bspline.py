@@ -34,10 +34,16 @@ class BSplineTransform(Transform):
         control_grid: geometry of the control points (ITK's coefficient image geometry).
         coefficients: (1, dim, *control_grid.shape) displacements in world mm (zeros if None).
         domain: the image grid the transform was made for (used for inverses and export).
+        itk_valid_region: leave points unmoved where the cubic support leaves the control grid, as
+            ITK does. Set for B-splines read from ITK/elastix files so they map exactly as there;
+            morphreg's own B-splines are smooth everywhere (and are exported zero-padded, so that
+            ITK reproduces them everywhere too).
     """
 
-    def __init__(self, control_grid: Grid, coefficients: torch.Tensor | None = None, domain: Grid | None = None):
+    def __init__(self, control_grid: Grid, coefficients: torch.Tensor | None = None, domain: Grid | None = None,
+                 itk_valid_region: bool = False):
         super().__init__()
+        self.itk_valid_region = bool(itk_valid_region)
         self.dim = control_grid.dim
         self.control_grid = control_grid
         self.domain_grid = domain
@@ -55,10 +61,21 @@ class BSplineTransform(Transform):
     def domain(self) -> Grid | None:
         return self.domain_grid
 
+    def _valid(self, u: torch.Tensor, k: int) -> torch.Tensor:
+        """ITK's valid region along index axis k: the whole cubic support lies on the control grid.
+
+        Outside it ITK's BSplineTransform leaves points unmoved; doing the same keeps exported
+        files and morphreg's own warps identical everywhere.
+        """
+        return (u >= 1) & (u < self.control_grid.size[k] - 2)
+
     def points(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(1, -1, self.dim)
         u = affine_points(flat, self.control_grid.world_to_index())
         d = evaluate_bspline(self.coefficients.to(x.dtype), u, boundary="zero")  # (1, dim, P)
+        if self.itk_valid_region:
+            valid = torch.stack([self._valid(u[..., k], k) for k in range(self.dim)], -1).all(-1)  # (1, P)
+            d = d * valid[:, None, :]
         return x + d[0].T.reshape(x.shape)
 
     def _aligned(self, grid: Grid) -> bool:
@@ -76,6 +93,10 @@ class BSplineTransform(Transform):
             for k in range(self.dim)
         ]
         field = evaluate_bspline_separable(self.coefficients.to(dtype), axes, boundary="zero")
+        for k, u in enumerate(axes if self.itk_valid_region else []):  # zero outside, one axis at a time
+            view = [1] * (self.dim + 2)
+            view[self.dim + 1 - k] = -1
+            field = field * self._valid(u, k).to(dtype).view(view)
         return x + torch.movedim(field, 1, -1)
 
     def refine(self) -> "BSplineTransform":
@@ -83,7 +104,8 @@ class BSplineTransform(Transform):
 
         Fine coefficients follow the two-scale relation c'_{2i} = (c_{i-1} + 6 c_i + c_{i+1}) / 8,
         c'_{2i+1} = (c_i + c_{i+1}) / 2, i.e. zero insertion and a [1 4 6 4 1]/8 filter per axis.
-        The fine grid gains two points per side so that the map is reproduced everywhere.
+        The fine grid gains two points per side so that the map is reproduced everywhere; for an
+        ITK-style B-spline it keeps, as ITK does, 2n - 3 points with exactly the same valid region.
         """
         c = self.coefficients.detach()
         kernel = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=c.dtype) / 8
@@ -94,13 +116,33 @@ class BSplineTransform(Transform):
             up = F.conv_transpose1d(moved.reshape(-1, 1, moved.shape[-1]), kernel.view(1, 1, 5), stride=2)
             c = torch.movedim(up.reshape(*lead, up.shape[-1]), -1, axis)
         g = self.control_grid
-        fine = Grid([2 * n + 3 for n in g.size], g.origin - g.direction @ g.spacing, g.spacing / 2, g.direction)
-        return BSplineTransform(fine, c, self.domain_grid)
+        if not self.itk_valid_region:  # full subdivision: node j sits at coarse index (j - 2) / 2
+            fine = Grid([2 * n + 3 for n in g.size], g.origin - g.direction @ g.spacing, g.spacing / 2, g.direction)
+            return BSplineTransform(fine, c, self.domain_grid)
+        for k in range(self.dim):  # keep nodes 3 .. 2n - 1
+            axis = c.dim() - 1 - k
+            c = c.narrow(axis, 3, c.shape[axis] - 6)
+        fine = Grid([2 * n - 3 for n in g.size], g.origin + g.direction @ (g.spacing / 2), g.spacing / 2, g.direction)
+        return BSplineTransform(fine, c.contiguous(), self.domain_grid, itk_valid_region=True)
+
+    def padded(self, nodes: int = 3) -> "BSplineTransform":
+        """The same map on a control grid with ``nodes`` extra zero coefficients on every side.
+
+        With 3 nodes ITK's valid region covers the whole support, so ITK evaluates it as morphreg does.
+        """
+        if self.itk_valid_region:
+            return self
+        c = F.pad(self.coefficients.detach(), [nodes, nodes] * self.dim)
+        g = self.control_grid
+        grid = Grid([n + 2 * nodes for n in g.size], g.origin - g.direction @ (g.spacing * nodes), g.spacing, g.direction)
+        return BSplineTransform(grid, c, self.domain_grid)
 
     def to_dict(self) -> dict:
         return {"type": type(self).__name__, "control_grid": grid_to_dict(self.control_grid),
-                "coefficients": self.coefficients.detach().cpu(), "domain": grid_to_dict(self.domain_grid)}
+                "coefficients": self.coefficients.detach().cpu(), "domain": grid_to_dict(self.domain_grid),
+                "itk_valid_region": self.itk_valid_region}
 
     @classmethod
     def from_dict(cls, d):
-        return cls(grid_from_dict(d["control_grid"]), d["coefficients"], grid_from_dict(d.get("domain")))
+        return cls(grid_from_dict(d["control_grid"]), d["coefficients"], grid_from_dict(d.get("domain")),
+                   d.get("itk_valid_region", False))

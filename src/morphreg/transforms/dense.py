@@ -48,9 +48,9 @@ class DisplacementFieldTransform(Transform):
 
     def map_grid(self, grid: Grid, dtype=torch.float32, device=None) -> torch.Tensor:
         x = grid.points(device=self.field.device, dtype=dtype).unsqueeze(0)
-        if grid.same_as(self.grid):
-            return x + torch.movedim(self.field.to(dtype), 1, -1)
-        return x + sample_field(self.field.to(dtype), self.grid, x)
+        u = torch.movedim(self.field.to(dtype), 1, -1) if grid.same_as(self.grid) else sample_field(self.field.to(dtype), self.grid, x)
+        # In place when no gradient flows (saves a full-size temporary on large volumes).
+        return x.add_(u) if not u.requires_grad and u.shape == x.shape else x + u
 
     def to_dict(self) -> dict:
         return {"type": type(self).__name__, "grid": grid_to_dict(self.grid), "field": self.field.detach().cpu()}
@@ -128,15 +128,14 @@ def fixed_point_inverse(transform: Transform, grid: Grid, iterations: int = 50, 
         shape = y.shape
         w = torch.zeros_like(y)
         flat = lambda t: t.reshape(t.shape[0], -1, grid.dim)  # noqa: E731
+        misfit = lambda w: transform.points(flat(y + w)).reshape(shape) - y  # noqa: E731  T(y + w) - y
+        r = misfit(w)
         it = 0
-        residual = torch.tensor(float("inf"))
-        for it in range(1, iterations + 1):
-            mapped = transform.points(flat(y + w)).reshape(shape)
-            r = mapped - y  # T(y + w) - y
-            residual = r.norm(dim=-1)
-            if residual.max() < tolerance:
-                break
+        while it < iterations and r.norm(dim=-1).max() >= tolerance:
             w = w - r
+            r = misfit(w)  # always the residual of the field that is returned
+            it += 1
+        residual = r.norm(dim=-1)
         result = DisplacementFieldTransform(torch.movedim(w, -1, 1).contiguous(), grid)
         result.inverse_residual = {"max_mm": float(residual.max()), "mean_mm": float(residual.mean()), "iterations": it}
     return result

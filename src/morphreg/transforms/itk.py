@@ -54,6 +54,7 @@ def to_sitk_transform(t: Transform, grid: Grid | None = None) -> sitk.Transform:
         out.SetTranslation(t.translation.detach().double().tolist())
         return out
     if isinstance(t, BSplineTransform):
+        t = t.padded()  # ITK leaves points near the control grid's edge unmoved; padding makes that moot
         coef = t.coefficients.detach().cpu().double().numpy()[0]
         images = [_set_geometry(sitk.GetImageFromArray(coef[k]), t.control_grid) for k in range(t.dim)]
         return sitk.BSplineTransform(images, 3)
@@ -100,7 +101,7 @@ def from_sitk_transform(tx: sitk.Transform, name: str = "<transform>") -> Transf
             raise MorphregError(f"B-spline transforms of order {b.GetOrder()} are not supported (cubic only)", name)
         imgs = b.GetCoefficientImages()
         coef = np.stack([sitk.GetArrayFromImage(im) for im in imgs])[None]
-        return BSplineTransform(_grid_of(imgs[0]), torch.from_numpy(coef.astype(np.float32)))
+        return BSplineTransform(_grid_of(imgs[0]), torch.from_numpy(coef.astype(np.float32)), itk_valid_region=True)
     if tx.IsLinear():
         return _linear_from_sitk(tx, dim)
     raise MorphregError(f"unsupported ITK transform type {kind}", name)
@@ -183,7 +184,7 @@ def read_elastix_transform(path: str | Path) -> Transform:
         grid = Grid(size, p["GridOrigin"], p["GridSpacing"],
                     np.asarray(p.get("GridDirection", np.eye(dim).ravel()), np.float64).reshape(dim, dim, order="F"))
         coef = params.reshape(dim, *reversed(size))  # all x coefficients, then y, then z; x fastest
-        t = BSplineTransform(grid, torch.from_numpy(coef[None].astype(np.float32)))
+        t = BSplineTransform(grid, torch.from_numpy(coef[None].astype(np.float32)), itk_valid_region=True)
     else:
         raise MorphregError(f"unsupported elastix transform {kind!r} (Euler, Similarity, Affine, Translation, BSpline)", path)
     initial = p.get("InitialTransformParametersFileName", ["NoInitialTransform"])[0]

@@ -161,11 +161,16 @@ class SimilarityTransform(RigidTransform):
         return torch.exp(self.log_scale) * self.rotation_matrix()
 
     def to_dict(self) -> dict:
-        return {**super().to_dict(), "scale": float(torch.exp(self.log_scale))}
+        # log_scale is stored as is: exp then log would not give back the same float32.
+        return {**super().to_dict(), "scale": float(torch.exp(self.log_scale)), "log_scale": float(self.log_scale)}
 
     @classmethod
     def from_dict(cls, d):
-        return cls(d["dim"], d["angles"], d["translation"], d["center"], d["scale"], d.get("rotation", "euler"))
+        t = cls(d["dim"], d["angles"], d["translation"], d["center"], d["scale"], d.get("rotation", "euler"))
+        if "log_scale" in d:
+            with torch.no_grad():
+                t.log_scale.fill_(d["log_scale"])
+        return t
 
 
 class AffineTransform(LinearTransform):

@@ -26,8 +26,10 @@ class ThinPlateSplineTransform(Transform):
 
     def __init__(self, source, target, smoothing: float = 0.0, domain=None):
         super().__init__()
-        p = torch.as_tensor(np.asarray(source, np.float64))
-        q = torch.as_tensor(np.asarray(target, np.float64))
+        # Solve from the float32 landmarks that are stored, so that a saved and reloaded spline
+        # (rebuilt from them) is exactly the same map.
+        p = torch.as_tensor(np.asarray(source, np.float64)).float().double()
+        q = torch.as_tensor(np.asarray(target, np.float64)).float().double()
         if p.shape != q.shape or p.dim() != 2 or p.shape[1] not in (2, 3):
             raise MorphregError(f"landmark sets must both be (K, 2|3); got {tuple(p.shape)} and {tuple(q.shape)}")
         k, dim = p.shape

@@ -33,7 +33,8 @@ def warp_points(image: Image, points: torch.Tensor, interpolation: str = "linear
 
 def _warp_labels(image: Image, points: torch.Tensor, background: int) -> torch.Tensor:
     labels = image.data
-    values = torch.unique(labels).tolist()
+    # The background competes too, even when absent from the image: it is what lies outside.
+    values = sorted(set(torch.unique(labels).tolist()) | {background})
     best = None
     winner = None
     for value in values:  # one channel at a time keeps memory at two maps, whatever the label count
