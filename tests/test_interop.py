@@ -447,8 +447,9 @@ def test_elastix_initial_transform_chain(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("itk") is None, reason="itk-elastix is not installed")
 @pytest.mark.parametrize("case", ["bspline_oblique", "euler_zyx_false", "affine"])
-def test_transformix_agrees_with_our_reading(tmp_path, case):
+def test_transformix_agrees_with_our_reading(tmp_path, case, monkeypatch):
     """elastix's own transformix maps the file like we read it (checks GridDirection ordering)."""
+    monkeypatch.chdir(tmp_path)  # transformix writes deformationField.nii into the working directory
     itk = pytest.importorskip("itk")
     if not hasattr(itk, "transformix_deformation_field"):
         pytest.skip("itk is installed without itk-elastix")
