@@ -70,7 +70,7 @@ def main() -> None:
     if ratio_rows:
         print(markdown(["pair", "tool", "time / ANTs time", "Dice - ANTs Dice"], ratio_rows))
     if args.json:
-        args.json.write_text(json.dumps(records, indent=2, default=str))
+        args.json.write_text(json.dumps(records, indent=2, default=str), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ def run_morphreg_cli(fixed: Path, moving: Path, extra: list[str] | None = None, 
         cmd = [shutil.which("morphreg") or "morphreg", "register", str(fixed), str(moving), "-o", str(out), *(extra or [])]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(threads)}
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env)
         seconds = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"morphreg register failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-        summary = json.loads((out / "summary.json").read_text())
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         return load_transform(out / "transform.h5"), seconds, summary
 
 

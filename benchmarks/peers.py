@@ -97,7 +97,7 @@ def run_elastix(fixed_path: Path, moving_path: Path, maps: tuple[str, ...] = ("a
             if i > 0:  # chain each map to the previous one, as elastix itself does
                 pm["InitialTransformParametersFileName"] = [files[-1]]
             path = Path(tmp) / f"TransformParameters.{i}.txt"
-            path.write_text(_elastix_text(pm))
+            path.write_text(_elastix_text(pm), encoding="utf-8")
             files.append(str(path))
         t = load_transform(files[-1])
     return PeerResult("elastix " + "+".join(maps), t, seconds, itk.array_from_image(warped))

@@ -94,7 +94,7 @@ def main() -> None:
     print(markdown(["tool", "pairs", "median Dice before", "median Dice after", "median TRE before (mm)",
                     "median TRE after (mm)", "pairs with TRE worse", "median folding %", "median time s"], rows))
     if args.json:
-        args.json.write_text(json.dumps(records, indent=2, default=str))
+        args.json.write_text(json.dumps(records, indent=2, default=str), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -56,5 +56,5 @@ def write_result_dir(path: Path, fold: bool = False, with_optional: bool = True)
                "fixed_labels": "inputs/fixed_labels.nii.gz", "moving_labels": "inputs/moving_labels.nii.gz",
                "preset": "test-preset", "parameters": {"similarity": "ncc", "levels": [2, 1], "penalty": {"bending": 0.1}},
                "times": {"level 1": 0.5, "level 2": 1.5}, "final_metric": -0.9}
-    (path / "summary.json").write_text(json.dumps(summary))
+    (path / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     return path

@@ -144,24 +144,24 @@ def test_tre_of_known_affine():
 
 def test_landmark_readers(tmp_path):
     lps = np.array([[1.0, 2.0, 3.0], [-4.5, 5.0, 6.25]])
-    (tmp_path / "a.csv").write_text("name,x,y,z\np1,1,2,3\np2,-4.5,5,6.25\n")
-    (tmp_path / "b.csv").write_text("1,2,3\n-4.5,5,6.25\n")
-    (tmp_path / "c.json").write_text(json.dumps({"points": lps.tolist(), "names": ["p1", "p2"]}))
-    (tmp_path / "d.json").write_text(json.dumps({"coordinate_system": "RAS", "points": (lps * [-1, -1, 1]).tolist()}))
+    (tmp_path / "a.csv").write_text("name,x,y,z\np1,1,2,3\np2,-4.5,5,6.25\n", encoding="utf-8")
+    (tmp_path / "b.csv").write_text("1,2,3\n-4.5,5,6.25\n", encoding="utf-8")
+    (tmp_path / "c.json").write_text(json.dumps({"points": lps.tolist(), "names": ["p1", "p2"]}), encoding="utf-8")
+    (tmp_path / "d.json").write_text(json.dumps({"coordinate_system": "RAS", "points": (lps * [-1, -1, 1]).tolist()}), encoding="utf-8")
     (tmp_path / "e.fcsv").write_text("# Markups fiducial file version = 4.11\n# CoordinateSystem = RAS\n"
                                      "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
                                      "vtkMRMLMarkupsFiducialNode_0,-1,-2,3,0,0,0,1,1,1,0,p1,,\n"
-                                     "vtkMRMLMarkupsFiducialNode_1,4.5,-5,6.25,0,0,0,1,1,1,0,p2,,\n")
-    (tmp_path / "f.fcsv").write_text("# CoordinateSystem = LPS\nid0,1,2,3\nid1,-4.5,5,6.25\n")
-    (tmp_path / "g.txt").write_text("point\n2\n1 2 3\n-4.5 5 6.25\n")
+                                     "vtkMRMLMarkupsFiducialNode_1,4.5,-5,6.25,0,0,0,1,1,1,0,p2,,\n", encoding="utf-8")
+    (tmp_path / "f.fcsv").write_text("# CoordinateSystem = LPS\nid0,1,2,3\nid1,-4.5,5,6.25\n", encoding="utf-8")
+    (tmp_path / "g.txt").write_text("point\n2\n1 2 3\n-4.5 5 6.25\n", encoding="utf-8")
     (tmp_path / "h.mrk.json").write_text(json.dumps({"markups": [{"coordinateSystem": "RAS", "controlPoints": [
-        {"label": "p1", "position": [-1, -2, 3]}, {"label": "p2", "position": [4.5, -5, 6.25]}]}]}))
+        {"label": "p1", "position": [-1, -2, 3]}, {"label": "p2", "position": [4.5, -5, 6.25]}]}]}), encoding="utf-8")
     for name in ("a.csv", "b.csv", "c.json", "d.json", "e.fcsv", "f.fcsv", "g.txt", "h.mrk.json"):
         ps = read_landmarks(tmp_path / name)
         np.testing.assert_allclose(ps.points, lps, err_msg=name)
     assert read_landmarks(tmp_path / "e.fcsv").names == ["p1", "p2"]
     grid = Grid((10, 10, 10), origin=(1.0, 2.0, 3.0), spacing=(2.0, 1.0, 0.5))
-    (tmp_path / "i.txt").write_text("index\n1\n1 2 4\n")
+    (tmp_path / "i.txt").write_text("index\n1\n1 2 4\n", encoding="utf-8")
     np.testing.assert_allclose(read_landmarks(tmp_path / "i.txt", grid=grid).points, [[3.0, 4.0, 5.0]])
     with pytest.raises(MorphregError, match="voxel indices"):
         read_landmarks(tmp_path / "i.txt")
@@ -248,7 +248,7 @@ def test_summaries_wilcoxon_and_tables(tmp_path):
     for method, vals in (("A", a), ("B", b)):
         for case, v in vals.items():
             (tmp_path / method / case).mkdir(parents=True)
-            (tmp_path / method / case / "metrics.json").write_text(json.dumps({"overlap": {"mean": {"dice": v}}}))
+            (tmp_path / method / case / "metrics.json").write_text(json.dumps({"overlap": {"mean": {"dice": v}}}), encoding="utf-8")
     methods = {m: load_cases(tmp_path / m) for m in ("A", "B")}
     res = compare(methods)
     assert res["overlap/mean/dice"]["wilcoxon"]["B"]["p_value"] == pytest.approx(ref.pvalue)
@@ -274,8 +274,8 @@ def test_evaluate_registration_and_cli(tmp_path):
     for name, im in (("fl", fl), ("ml", ml)):
         write_image(im, tmp_path / f"{name}.nii.gz")
     t.save(tmp_path / "t.h5")
-    (tmp_path / "f.csv").write_text("x,y,z\n0,0,0\n5,5,5\n")
-    (tmp_path / "m.csv").write_text("x,y,z\n0,2,0\n5,7,6\n")
+    (tmp_path / "f.csv").write_text("x,y,z\n0,0,0\n5,5,5\n", encoding="utf-8")
+    (tmp_path / "m.csv").write_text("x,y,z\n0,2,0\n5,7,6\n", encoding="utf-8")
     app = typer.Typer()
     app.command("evaluate")(evaluate_cmd)
     app.command("compare")(compare_cmd)
@@ -284,7 +284,7 @@ def test_evaluate_registration_and_cli(tmp_path):
                                  "--transform", str(tmp_path / "t.h5"), "--fixed-landmarks", str(tmp_path / "f.csv"),
                                  "--moving-landmarks", str(tmp_path / "m.csv"), "-o", str(out)])
     assert r.exit_code == 0, r.output
-    saved = json.loads(out.read_text())
+    saved = json.loads(out.read_text(encoding="utf-8"))
     assert [p["final_mm"] for p in saved["tre"]["points"]] == pytest.approx([0.0, 1.0], abs=1e-4)
     assert saved["overlap"]["mean"]["dice"] == pytest.approx(m["overlap"]["mean"]["dice"])
     r = CliRunner().invoke(app, ["compare", str(out), str(out), "--csv", str(tmp_path / "c.csv")])
@@ -295,7 +295,7 @@ def test_evaluate_registration_and_cli(tmp_path):
 
 def test_write_metrics_turns_nan_into_null(tmp_path):
     path = write_metrics({"a": float("nan"), "b": np.float64(1.5)}, tmp_path / "m.json")
-    assert json.loads(path.read_text()) == {"a": None, "b": 1.5}
+    assert json.loads(path.read_text(encoding="utf-8")) == {"a": None, "b": 1.5}
 
 
 # ----- cross-check with SimpleITK on real labels ----------------------------------------------------

@@ -418,7 +418,7 @@ def test_elastix_parameter_files(tmp_path, case):
         direction = rotation_matrix(3, [0.3, -0.2, 0.5]) if case == "bspline_oblique" else np.eye(3)
         text, tx = elastix_bspline(direction)
     path = tmp_path / "TransformParameters.0.txt"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     t = load_transform(path)
     assert np.abs(ours(t, ELASTIX_POINTS) - sitk_points(tx, ELASTIX_POINTS)).max() < 1e-4
 
@@ -427,12 +427,12 @@ def test_elastix_initial_transform_chain(tmp_path):
     """TransformParameters.1 (B-spline) with an initial affine, itself initialised by an Euler:
     elastix composes T(x) = T_bspline(T_affine(T_euler(x)))."""
     euler_text, euler = elastix_euler(True)
-    (tmp_path / "TransformParameters.0.txt").write_text(euler_text)
+    (tmp_path / "TransformParameters.0.txt").write_text(euler_text, encoding="utf-8")
     affine_text, affine = elastix_affine(initial=str(tmp_path / "TransformParameters.0.txt"))
-    (tmp_path / "TransformParameters.1.txt").write_text(affine_text)
+    (tmp_path / "TransformParameters.1.txt").write_text(affine_text, encoding="utf-8")
     # A relative name is looked up beside the file that names it.
     bs_text, bs = elastix_bspline(rotation_matrix(3, [0.1, 0.2, -0.3]), initial="TransformParameters.1.txt")
-    (tmp_path / "TransformParameters.2.txt").write_text(bs_text)
+    (tmp_path / "TransformParameters.2.txt").write_text(bs_text, encoding="utf-8")
     t = load_transform(tmp_path / "TransformParameters.2.txt")
     expected = sitk.CompositeTransform(3)
     for part in (bs, affine, euler):  # ITK applies the last added first
@@ -460,7 +460,7 @@ def test_transformix_agrees_with_our_reading(tmp_path, case, monkeypatch):
     else:
         text, _ = elastix_euler(False)
     path = tmp_path / "TransformParameters.0.txt"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     params = itk.ParameterObject.New()
     params.AddParameterFile(str(path))
     moving = itk.image_from_array(np.zeros((20, 20, 20), np.float32))

@@ -214,7 +214,7 @@ def test_save_writes_itk_outputs(tmp_path):
     out = r.save(tmp_path / "out")
     names = sorted(p.name for p in out.iterdir())
     assert names == ["displacement.nii.gz", "inverse_displacement.nii.gz", "summary.json", "transform.h5", "warped.nii.gz"]
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["fixed"] == str(f) and summary["moving"] == str(m) and summary["preset"] == "syn"
     assert summary["folding_percent"] == 0.0 and len(summary["timings"]["stages_s"]) == 3
     # SimpleITK maps points as morphreg does, through transform.h5 and through displacement.nii.gz.
@@ -239,7 +239,7 @@ def test_cli_register(tmp_path):
     res = CliRunner().invoke(app, ["register", str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"),
                                    "-o", str(tmp_path / "out"), "--preset", "rigid", "--metric", "mse", "-q"])
     assert res.exit_code == 0, res.output
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
     assert summary["preset"] == "rigid" and summary["stages"][0]["similarity"] == "mse"
 
 

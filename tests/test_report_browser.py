@@ -20,13 +20,13 @@ pytestmark = [pytest.mark.browser,
 
 
 def _chromium(args: list[str], profile) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
 
 
 def test_report_loads_in_chromium(tmp_path):
     result = write_result_dir(tmp_path / "res", fold=True)
     page = build_report(result, tmp_path / "report.html")
-    n_img = page.read_text().count("<img ")
+    n_img = page.read_text(encoding="utf-8").count("<img ")
     url = page.resolve().as_uri()
     dom = _chromium(["--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", url], tmp_path / "p1")
     assert dom.returncode == 0, dom.stderr[-2000:]

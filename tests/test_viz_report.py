@@ -99,7 +99,7 @@ def _images(html: str) -> list[bytes]:
 def test_report_with_folding_warns_and_embeds_pictures(tmp_path):
     result = write_result_dir(tmp_path / "res", fold=True)
     out = build_report(result, tmp_path / "report.html")
-    html = out.read_text()
+    html = out.read_text(encoding="utf-8")
     imgs = _images(html)
     assert len(imgs) == 9  # checkerboard, overlay, difference, flicker, contours, grid, quiver, det J, histogram
     for data in imgs:
@@ -112,11 +112,11 @@ def test_report_with_folding_warns_and_embeds_pictures(tmp_path):
 
 def test_report_without_optional_pieces(tmp_path):
     result = write_result_dir(tmp_path / "res", fold=False, with_optional=False)
-    summary = json.loads((result / "summary.json").read_text())
+    summary = json.loads((result / "summary.json").read_text(encoding="utf-8"))
     del summary["moving_labels"], summary["times"]
     summary["moving"] = "inputs/does_not_exist.nii.gz"
-    (result / "summary.json").write_text(json.dumps(summary))
-    html = build_report(result, tmp_path / "r.html").read_text()
+    (result / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    html = build_report(result, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "cannot be found" in html and "Only one label map" in html and "No timing information" in html
     assert len(_images(html)) == 4  # transform pictures only: grid, quiver, det J, histogram
 
@@ -132,13 +132,13 @@ def test_report_uses_metrics_json_and_cli(tmp_path):
             "initial": {"overlap": {"mean": {"dice": 0.9}}},
             "centroid_tre": {"initial": {"mean_mm": 1.0}, "final": {"mean_mm": 2.0}, "points": []},
             "transform": {"jacobian": {"folding_percent": 0.0}}, "notes": ["label 3 is missing from the evaluated map"]}
-    (result / "metrics.json").write_text(json.dumps(fake))
+    (result / "metrics.json").write_text(json.dumps(fake), encoding="utf-8")
     app = typer.Typer()
     app.command("report")(report_cmd)
     app.command("other")(lambda: None)
     r = CliRunner().invoke(app, ["report", str(result), "-o", str(tmp_path / "r.html")])
     assert r.exit_code == 0, r.output
-    html = (tmp_path / "r.html").read_text()
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "Centroid TRE got worse" in html and "Mean Dice got worse" in html and "Labels missing" in html
     r = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.html")])
     assert isinstance(r.exception, MorphregError)

@@ -101,7 +101,7 @@ def compare_cmd(
     typer.echo(md)
     if output:
         with atomic_path(output) as tmp:
-            tmp.write_text(md + "\n")
+            tmp.write_text(md + "\n", encoding="utf-8")
     if csv_out:
         rows_all, header = [], None
         for mname, cases in methods.items():

@@ -65,7 +65,7 @@ def _float(text: str) -> float | None:
 
 
 def _read_csv(path: Path, dim: int | None) -> PointSet:
-    rows = [r for r in csv.reader(path.read_text().splitlines()) if r and not r[0].lstrip().startswith("#")]
+    rows = [r for r in csv.reader(path.read_text(encoding="utf-8").splitlines()) if r and not r[0].lstrip().startswith("#")]
     if not rows:
         raise MorphregError("no points in file", path)
     header = [c.strip().lower() for c in rows[0]]
@@ -88,7 +88,7 @@ def _read_csv(path: Path, dim: int | None) -> PointSet:
 
 def _read_json(path: Path) -> PointSet:
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise MorphregError(f"not valid JSON ({exc.msg}, line {exc.lineno})", path) from None
     ras = False
@@ -127,7 +127,7 @@ def _read_fcsv(path: Path) -> PointSet:
     ras = True  # Slicer wrote RAS before version 4.11 and says so in the header since
     columns = ["id", "x", "y", "z"]
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("#"):
             key, _, value = line[1:].partition("=")
             if key.strip().lower() == "coordinatesystem":
@@ -147,7 +147,7 @@ def _read_fcsv(path: Path) -> PointSet:
 
 
 def _read_elastix_points(path: Path, grid: Grid | None) -> PointSet:
-    lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
+    lines = [ln.split() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     kind = lines[0][0].lower()
     try:
         count = int(lines[1][0])
@@ -179,7 +179,7 @@ def read_landmarks(path: str | Path, grid: Grid | None = None, dim: int | None =
             return _read_fcsv(path)
         if name.endswith(".json"):
             return _read_json(path)
-        first = path.read_text().lstrip().split(None, 1)[0].lower() if path.read_text().strip() else ""
+        first = path.read_text(encoding="utf-8").lstrip().split(None, 1)[0].lower() if path.read_text(encoding="utf-8").strip() else ""
         if first in ("point", "index"):
             return _read_elastix_points(path, grid)
         return _read_csv(path, dim)
@@ -193,7 +193,7 @@ def write_landmarks_csv(points: PointSet, path: str | Path) -> Path:
 
     axes = "xyz"[: points.dim]
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["name", *axes])
             for n, p in zip(points.names, points.points):

@@ -135,5 +135,5 @@ def write_metrics(metrics: dict, path: str | Path) -> Path:
     """Write metrics as JSON atomically (NaN -> null)."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_jsonable(metrics), indent=2))
+        tmp.write_text(json.dumps(_jsonable(metrics), indent=2), encoding="utf-8")
     return path

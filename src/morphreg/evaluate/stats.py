@@ -52,7 +52,7 @@ def _read(path: Path) -> dict:
     if not path.exists():
         raise MorphregError("file not found", path)
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise MorphregError(f"not valid JSON ({exc.msg}, line {exc.lineno})", path) from None
     if not isinstance(d, dict):
@@ -98,7 +98,7 @@ def case_table(cases: dict[str, dict[str, float]], metrics: list[str] | None = N
 
 def write_csv(header: list[str], rows: list[list], path: str | Path) -> Path:
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(header)
             w.writerows([[("" if isinstance(v, float) and not math.isfinite(v) else v) for v in r] for r in rows])
@@ -114,7 +114,7 @@ def write_json(obj, path: str | Path) -> Path:
         return None if isinstance(o, float) and not math.isfinite(o) else o
 
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(clean(obj), indent=2))
+        tmp.write_text(json.dumps(clean(obj), indent=2), encoding="utf-8")
     return Path(path)
 
 

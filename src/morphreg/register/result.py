@@ -109,5 +109,5 @@ class Result:
             self.transform.save(tmp / "displacement.nii.gz", grid=self.fixed.grid)
             if self.inverse is not None:
                 self.inverse.save(tmp / "inverse_displacement.nii.gz", grid=self.moving.grid)
-            (tmp / "summary.json").write_text(json.dumps(self.summary(), indent=2))
+            (tmp / "summary.json").write_text(json.dumps(self.summary(), indent=2), encoding="utf-8")
         return out_dir

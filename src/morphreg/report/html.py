@@ -134,7 +134,7 @@ class _Result:
                 self.notes.append(f"{name} not found in the result folder")
             return None
         try:
-            return json.loads(path.read_text())
+            return json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             self.warnings.append(f"{name} is not valid JSON ({exc.msg}); ignored")
             return None

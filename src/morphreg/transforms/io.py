@@ -76,7 +76,7 @@ def load_transform(path) -> Transform:
             return transform_from_dict(d)
         except MorphregError as exc:
             raise MorphregError(exc.problem, path) from None
-    if suffix == ".txt" and path.read_text(errors="replace").lstrip().startswith("("):
+    if suffix == ".txt" and path.read_text(encoding="utf-8", errors="replace").lstrip().startswith("("):
         return read_elastix_transform(path)
     if suffix in ITK_SUFFIXES:
         return read_itk_transform(path)

@@ -150,7 +150,7 @@ def read_elastix_transform(path: str | Path) -> Transform:
     path = Path(path)
     if not path.exists():
         raise MorphregError("file not found", path)
-    p = parse_elastix_parameters(path.read_text(errors="replace"))
+    p = parse_elastix_parameters(path.read_text(encoding="utf-8", errors="replace"))
     if "Transform" not in p:
         raise MorphregError("not an elastix TransformParameters file (no (Transform ...) entry)", path)
     kind = p["Transform"][0]
