@@ -14,11 +14,6 @@ from morphreg.image.grid import Grid
 from morphreg.transforms.base import Transform
 
 
-def _param(values, dim: int | None = None, dtype=torch.float32) -> nn.Parameter:
-    t = torch.as_tensor(np.asarray(values, dtype=np.float64)).to(dtype)
-    return nn.Parameter(t.reshape(-1) if dim is None else t.reshape(dim, -1).squeeze(-1) if t.numel() == dim else t)
-
-
 def rotation_2d(angle: torch.Tensor) -> torch.Tensor:
     c, s = torch.cos(angle), torch.sin(angle)
     return torch.stack([torch.stack([c, -s]), torch.stack([s, c])])
@@ -38,7 +33,6 @@ def rotation_axis_angle(v: torch.Tensor) -> torch.Tensor:
     """Rodrigues: rotation by |v| radians about v / |v| (smooth at v = 0)."""
     theta2 = (v * v).sum()
     theta = torch.sqrt(theta2 + 1e-30)
-    k = torch.zeros(3, 3, dtype=v.dtype, device=v.device)
     k = torch.stack([torch.stack([0 * v[0], -v[2], v[1]]), torch.stack([v[2], 0 * v[0], -v[0]]), torch.stack([-v[1], v[0], 0 * v[0]])])
     # sin(t)/t and (1-cos t)/t^2 with Taylor fallbacks near 0 keep gradients finite.
     small = theta2 < 1e-8
@@ -69,7 +63,6 @@ class LinearTransform(Transform):
     def homogeneous(self) -> torch.Tensor:
         """(dim+1, dim+1) matrix of the map in world mm."""
         m = torch.eye(self.dim + 1, dtype=self.translation.dtype, device=self.translation.device)
-        m = m.clone()
         m[: self.dim, : self.dim] = self.matrix()
         m[: self.dim, self.dim] = self.offset()
         return m
