@@ -44,6 +44,8 @@ def main() -> None:
     import torch
 
     from common import DATA, evaluate, markdown, median, run_morphreg_cli
+    from morphreg.evaluate.landmarks import PointSet, label_centroids
+    from morphreg.evaluate.landmarks import tre as landmark_tre
     from morphreg.image.io import read_image
 
     root = DATA / "prostate_mr_trus"
@@ -73,10 +75,13 @@ def main() -> None:
             e = evaluate(t, fl, ml)
             ov, ov0 = e["overlap"]["labels"], e["initial"]["overlap"]["labels"]
             gland = next(iter(ov))  # channel 0
-            ct = e["centroid_tre"]
-            landmarks = [p for p in ct["points"] if p["name"] != gland]
-            tre = float(sum(p["final_mm"] for p in landmarks) / max(len(landmarks), 1))
-            tre0 = float(sum(p["initial_mm"] for p in landmarks) / max(len(landmarks), 1))
+            # TRE = |T(p) - q| for the landmark centroids p (fixed) and q (moving), each on its own grid:
+            # defined for every landmark, also those outside the other image's field of view.
+            fc = label_centroids(fl)
+            mc = label_centroids(ml, fc.names)
+            keep = [k for k, name in enumerate(fc.names) if name != gland]
+            t_lm = landmark_tre(PointSet(fc.points[keep], [fc.names[k] for k in keep]), PointSet(mc.points[keep], [mc.names[k] for k in keep]), t)
+            tre0, tre = t_lm["initial"]["mean_mm"], t_lm["final"]["mean_mm"]
             rec = {"pair": name, "tool": tool, "gland_dice_initial": ov0[gland]["dice"], "gland_dice": ov[gland]["dice"],
                    "tre_initial_mm": tre0, "tre_mm": tre, "folding_percent": e["transform"]["jacobian"]["folding_percent"],
                    "seconds": seconds, "orientation_corr": corr}

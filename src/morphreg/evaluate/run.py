@@ -27,12 +27,16 @@ from morphreg.evaluate.intensity import intensity_similarity
 METRICS_VERSION = 1
 
 
-def centroid_tre(fixed_labels: Image, moving_labels_on_fixed: Image, warped_labels: Image) -> dict:
-    """TRE from label centroids: distance (mm) between each structure's centroid in the fixed map
-    and in the warped moving map (final) or the unwarped moving map on the fixed grid (initial)."""
-    keys = union_keys(label_masks(fixed_labels), label_masks(moving_labels_on_fixed))
+def centroid_tre(fixed_labels: Image, moving_labels: Image, warped_labels: Image) -> dict:
+    """TRE from label centroids (one structure per channel or label), mm.
+
+    initial: fixed centroid vs moving centroid, each on its own grid (the identity needs no
+    resampling, so structures outside the other image's field of view still count);
+    final: fixed centroid vs centroid of the warped moving structure on the fixed grid.
+    """
+    keys = union_keys(label_masks(fixed_labels), label_masks(moving_labels))
     f = label_centroids(fixed_labels, keys)
-    initial = point_distances(f, label_centroids(moving_labels_on_fixed, keys))
+    initial = point_distances(f, label_centroids(moving_labels, keys))
     final = point_distances(f, label_centroids(warped_labels, keys))
     notes = [f"structure {k} is empty in one map: no centroid" for k, e in zip(keys, final) if not np.isfinite(e)]
     return {"initial": _summary(initial), "final": _summary(final),
@@ -91,7 +95,7 @@ def evaluate_registration(
         ov0.pop("notes"), sd0.pop("notes")
         out["initial"] = {"overlap": ov0, "surface": sd0}
         if centroid_landmarks:
-            ct = centroid_tre(fl, before, warped)
+            ct = centroid_tre(fl, moving_labels, warped)
             notes += ct.pop("notes")
             out["centroid_tre"] = ct
     elif (fixed_labels is None) != (moving_labels is None):
