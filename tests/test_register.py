@@ -296,18 +296,64 @@ def _prostate_eval(transform, fl: Image, ml: Image) -> tuple[float, float]:
     return dice, float(np.mean(tre))
 
 
-@pytest.mark.realdata
-@pytest.mark.xfail(reason="image-only MR->TRUS registration does not yet beat the initial alignment "
-                          "(see the engine report); kept so the target stays visible", strict=False)
-def test_prostate_default_preset_improves_on_initial_alignment():
+PROSTATE_PAIRS = ("obs000.nii.gz", "obs001.nii.gz", "obs002.nii.gz")
+
+
+def _prostate_root() -> Path:
     root = DATA / "prostate_mr_trus"
     if not root.exists():
         pytest.skip(f"real data not found at {root}")
-    for i in range(3):
-        name = f"obs{i:03d}.nii.gz"
+    return root
+
+
+def _gland(path: Path) -> Image:
+    img = read_image(path)
+    return img.with_data((img.data[:1] > 0).to(torch.uint8))
+
+
+@pytest.fixture(scope="module")
+def prostate_default_runs():
+    """Default preset, images only, on 3 MR -> TRUS pairs: [(name, result, Dice/TRE before, after)]."""
+    root = _prostate_root()
+    runs = []
+    for name in PROSTATE_PAIRS:
         fl = read_image(root / "fixed_labels" / name, dtype=torch.float32)
         ml = read_image(root / "moving_labels" / name, dtype=torch.float32)
         r = register(root / "fixed_images" / name, root / "moving_images" / name)
+        runs.append((name, r, _prostate_eval(None, fl, ml), _prostate_eval(r.transform, fl, ml)))
+    return runs
+
+
+@pytest.mark.realdata
+def test_prostate_default_preset_is_never_worse_than_initial_alignment(prostate_default_runs):
+    """TRUS vs MR is detected as multimodal and the cautious schedule either improves the alignment or
+    its independent check falls back to the initial one."""
+    for name, r, (d0, t0), (d1, t1) in prostate_default_runs:
+        assert r.modality == "multi" and r.preset == "multimodal", name
+        assert d1 >= d0 - 0.01 and t1 <= t0 + 0.5, (name, d0, d1, t0, t1)
+        for stage in r.stages:
+            assert "guard" in stage and stage["diverged"] == (not stage["guard"]["accepted"]), (name, stage.get("guard"))
+
+
+@pytest.mark.realdata
+@pytest.mark.xfail(reason="image-only MR->TRUS: on obs000/obs002 the independent check rejects the rigid "
+                          "stage and the initial alignment is kept (no gain); kept so the target stays visible",
+                   strict=False)
+def test_prostate_default_preset_improves_on_initial_alignment(prostate_default_runs):
+    for name, _, (d0, t0), (d1, t1) in prostate_default_runs:
+        assert d1 > d0 and t1 < t0, (name, d0, d1, t0, t1)
+
+
+@pytest.mark.realdata
+def test_prostate_label_driven_default_aligns_glands_and_landmarks():
+    """Gland masks given (landmarks not): the default preset becomes label-driven (one flag away)."""
+    root = _prostate_root()
+    for name in PROSTATE_PAIRS:
+        fl = read_image(root / "fixed_labels" / name, dtype=torch.float32)
+        ml = read_image(root / "moving_labels" / name, dtype=torch.float32)
+        r = register(root / "fixed_images" / name, root / "moving_images" / name,
+                     fixed_labels=_gland(root / "fixed_labels" / name), moving_labels=_gland(root / "moving_labels" / name))
         d0, t0 = _prostate_eval(None, fl, ml)
         d1, t1 = _prostate_eval(r.transform, fl, ml)
-        assert d1 > d0 and t1 < t0, (name, d0, d1, t0, t1)
+        assert r.preset == "labels", name
+        assert d1 >= 0.85 and t1 < min(t0, 10.0), (name, d0, d1, t0, t1)

@@ -16,7 +16,7 @@ def register_cmd(
     moving: Path = typer.Argument(..., help="Moving image, registered onto the fixed one."),
     output: Path = typer.Option(..., "-o", "--output", help="Output folder (written atomically)."),
     preset: str = typer.Option("default", "--preset", "-p",
-                               help="rigid | affine | bspline | syn | demons | tps | rigidity | default."),
+                               help="rigid | affine | bspline | syn | demons | convex | tps | rigidity | default."),
     metric: str = typer.Option(None, "--metric", "-m", help="Similarity for every stage: mse ncc lncc ngf mi nmi mind."),
     fixed_mask: Path = typer.Option(None, "--fixed-mask", help="Mask of the fixed image (non-zero = used)."),
     moving_mask: Path = typer.Option(None, "--moving-mask", help="Mask of the moving image."),
@@ -30,6 +30,8 @@ def register_cmd(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Random seed (stochastic optimisers)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    report: bool = typer.Option(False, "--report", help="Also write OUT/report.html (and OUT/metrics.json when labels "
+                                "or landmarks are given): measures, parameters, QC pictures."),
 ) -> None:
     """Register MOVING onto FIXED; OUT gets warped.nii.gz, transform.h5, displacement.nii.gz,
     inverse_displacement.nii.gz (when the method has an inverse) and summary.json."""
@@ -44,9 +46,33 @@ def register_cmd(
         device=device, seed=seed, progress=not quiet,
     )
     result.save(output)
+    if report:
+        _write_report(output, result, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks)
     t = result.timings
     diverged = [f"{s['index']}:{s['model']}" for s in result.stages if s.get("diverged")]
     console.print(f"[bold]{result.preset}[/] ({result.modality}modal) -> {output}  "
                   f"final metric {result.final_metric if result.final_metric is None else f'{result.final_metric:.5g}'}, "
                   f"folding {result.folding_percent:.3f} %, {t['total_s']:.1f} s"
                   + (f"; discarded diverging stage(s) {', '.join(diverged)}" if diverged else ""), highlight=False)
+
+
+def _write_report(output: Path, result, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks) -> None:
+    """OUT/report.html from the saved result; labels/landmarks given to the registration are
+    evaluated independently (warped with the saved transform) into OUT/metrics.json first."""
+    from morphreg.evaluate import evaluate_registration, read_landmarks, write_metrics
+    from morphreg.image.io import read_image
+    from morphreg.report import build_report
+
+    if fixed_labels is not None or fixed_landmarks is not None:
+        metrics = evaluate_registration(
+            result.transform,
+            read_image(fixed_labels) if fixed_labels is not None else None,
+            read_image(moving_labels) if moving_labels is not None else None,
+            reference=result.fixed.grid,
+            fixed_landmarks=read_landmarks(fixed_landmarks, result.fixed.grid) if fixed_landmarks is not None else None,
+            moving_landmarks=read_landmarks(moving_landmarks, result.moving.grid) if moving_landmarks is not None else None,
+            inverse=result.inverse, fixed=result.fixed, moving=result.moving,
+        )
+        write_metrics(metrics, output / "metrics.json")
+    path = build_report(output, output / "report.html")
+    console.print(f"report: {path}", highlight=False)

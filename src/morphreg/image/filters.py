@@ -162,7 +162,24 @@ def box_filter(
     kernels = [
         torch.full((int(w),), 1.0 / w if normalize else 1.0, dtype=torch.float64) for w in windows
     ]
+    if boundary == "zeros" and data.requires_grad and torch.is_grad_enabled():
+        return _SelfAdjointFilter.apply(data, kernels, boundary)
     return separable_filter(data, kernels, boundary)
+
+
+class _SelfAdjointFilter(torch.autograd.Function):
+    """A separable filter with symmetric kernels and zero boundary is a symmetric linear map, so its
+    backward is the same filter applied to the incoming gradient: one pass instead of autograd's
+    record of every shift-and-add (the local-NCC box sums are the hot spot of SyN-type methods)."""
+
+    @staticmethod
+    def forward(ctx, data, kernels, boundary):
+        ctx.kernels, ctx.boundary = kernels, boundary
+        return separable_filter(data, kernels, boundary)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return separable_filter(grad.contiguous(), ctx.kernels, ctx.boundary), None, None
 
 
 def sigma_mm_to_vox(sigma_mm, image_or_spacing) -> list[float]:

@@ -282,6 +282,10 @@ def build_model(kind: str, params: dict, prior: Transform | None, domain: Grid, 
         return LinearModel(kind, domain, initial, params.get("center"))
     if kind == "bspline":
         return BSplineModel(prior, domain, float(params.get("control_spacing_mm", 10.0)), n_levels, params.get("refine", True))
+    if kind == "svf" and params.get("solver") == "fast":
+        from morphreg.optim.fastsyn import fast_svf_model
+
+        return fast_svf_model(prior, domain, params)
     if kind in ("svf", "displacement"):
         return DenseModel(prior, domain, kind, params.get("symmetric", kind == "svf"), float(params.get("smoothing_mm", 0.0)),
                           float(params.get("field_shrink", 1.0)), int(params.get("steps", 7)))

@@ -121,6 +121,12 @@ def run_stage(
     """Optimise ``model`` level by level; see the module docstring. ``progress``: a rich Progress or None."""
     if not levels:
         raise MorphregError(f"stage {name!r} has no levels")
+    fast = getattr(model, "run_fast", None)  # a model with its own solver (morphreg.optim.fastsyn)
+    if fast is not None:
+        outcome = fast(inputs, levels, similarity, similarity_params, penalties, optimizer, label_weight,
+                       landmark_weight, similarity_weight, progress, name)
+        if outcome is not None:
+            return outcome
     fixed_pyr = pyramid(inputs.fixed, levels)
     moving_pyr = pyramid(inputs.moving, levels)
     generator = torch.Generator().manual_seed(int(seed))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from morphreg.optim.optimizers import OptimizerConfig
 from morphreg.register.initialize import initialize
 from morphreg.register.presets import STAGE_KEYS, get_preset
 from morphreg.register.result import Result, folding_percent
+from morphreg.register.solvers import SOLVER_MODELS, run_solver_stage
 from morphreg.transforms import CompositeTransform, LinearTransform, ThinPlateSplineTransform, Transform
 from morphreg.transforms.warp import warp
 
@@ -115,10 +117,14 @@ def read_landmarks(x, what: str) -> torch.Tensor | None:
 
 
 def detect_modality(fixed: Image, moving: Image) -> str:
-    """"mono" when the two intensity distributions look alike (same modality), else "multi".
+    """"mono" when the two images look like the same kind of image, else "multi".
 
-    Compares the quantile functions of both images, each scaled to its 1st..99th percentile range:
-    mean absolute difference below 0.1 means the same kind of image.
+    Two tests must both pass for "mono": (1) the quantile functions of both images, each scaled to its
+    1st..99th percentile range, differ by less than 0.1 on average; (2) the images, smoothed (sigma =
+    2 coarsest voxels) and overlaid as they are (same world frame), correlate: NCC >= 0.5. Intensity
+    histograms alone cannot tell smoothed ultrasound from MR (prostate TRUS vs MR pairs differ by only
+    0.015..0.2 in test 1), but they never correlate (NCC -0.4..0.3 over 78 pairs), while same-modality
+    pairs that need registering still do (brain T1 pair 0.93, CT head pair 0.90).
     """
     q = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
 
@@ -128,7 +134,50 @@ def detect_modality(fixed: Image, moving: Image) -> str:
         lo, hi = torch.quantile(v, 0.01), torch.quantile(v, 0.99)
         return (torch.quantile(v, q) - lo) / (hi - lo).clamp_min(1e-12)
 
-    return "mono" if float((curve(fixed) - curve(moving)).abs().mean()) < 0.1 else "multi"
+    if float((curve(fixed) - curve(moving)).abs().mean()) >= 0.1:
+        return "multi"
+    return "mono" if _overlay_ncc(fixed, moving) >= 0.5 else "multi"
+
+
+def _overlay_ncc(fixed: Image, moving: Image) -> float:
+    """NCC of the smoothed images overlaid in world space (moving resampled on the fixed grid)."""
+    from morphreg.image.filters import gaussian_filter, sigma_mm_to_vox
+    from morphreg.metrics import ncc
+
+    sigma = 2.0 * float(max(fixed.grid.spacing.max(), moving.grid.spacing.max()))
+    with torch.no_grad():
+        fs = gaussian_filter(fixed.batch().float(), sigma_mm_to_vox(sigma, fixed.grid))
+        ms = moving.with_data(gaussian_filter(moving.batch().float(), sigma_mm_to_vox(sigma, moving.grid))[0])
+        warped = warp(ms, None, fixed.grid, "linear").batch()
+        inside = warp(moving.with_data(torch.ones_like(moving.data[:1])), None, fixed.grid, "linear").batch() > 0.5
+        if float(inside.sum()) < 10:
+            return 0.0
+        return float(ncc(fs[:, :1], warped[:, :1], inside.float()))
+
+
+def field_of_view_mask(image: Image, erode_mm: float = 3.0, min_share: float = 0.05) -> Image | None:
+    """Mask of the acquired field of view (e.g. the ultrasound cone): voxels above the image minimum,
+    small dark holes closed, eroded by ``erode_mm`` so that the cone's edge is not an image feature.
+    None when under ``min_share`` of the image is at its minimum (no visible field of view) or the
+    mask would keep under 20 % of the image."""
+    import torch.nn.functional as F
+
+    from morphreg.image.filters import gaussian_filter, sigma_mm_to_vox
+
+    data = image.data[:1].float()
+    inside = (data > data.min()).float()
+    if float(1 - inside.mean()) < min_share:
+        return None
+    # Smoothing then thresholding closes speckle-sized dark holes inside the cone.
+    inside = (gaussian_filter(inside[None], sigma_mm_to_vox(1.5, image.grid))[0] > 0.5).float()
+    radius = [max(int(round(erode_mm / float(s))), 0) for s in image.grid.spacing[::-1]]  # tensor axis order
+    if any(radius):
+        pool = F.max_pool3d if image.dim == 3 else F.max_pool2d
+        k = [2 * r + 1 for r in radius]
+        inside = 1 - pool((1 - inside)[None], k, stride=1, padding=radius)[0]
+    if float(inside.sum()) < 0.2 * inside.numel():
+        return None
+    return image.with_data(inside)
 
 
 # ----- stages -----------------------------------------------------------------------------------------
@@ -211,7 +260,8 @@ def register(
     Args:
         fixed, moving: Images or paths (2D or 3D, same dimension).
         preset: a name of ``morphreg.register.presets.PRESETS`` ("rigid", "affine", "bspline", "syn",
-            "demons", "tps", "rigidity", "default" = affine then SyN with a modality-chosen metric)
+            "demons", "tps", "rigidity", "multimodal", "labels", "default" = affine then SyN for
+            mono-modal pairs; for multimodal pairs "labels" when labels are given, else "multimodal")
             or a list of stage dicts.
         fixed_mask, moving_mask: where the similarity is evaluated (non-zero = inside).
         fixed_labels, moving_labels: integer maps or one-hot stacks; they add
@@ -259,6 +309,10 @@ def register(
         raise MorphregError(f"modality must be auto, mono or multi, not {modality!r}")
     modality = detect_modality(fixed, moving) if modality == "auto" else modality
 
+    if preset == "default" and modality == "multi":
+        # Multimodal pairs: label-driven when labels are given (how MR-TRUS fusion is done), else the
+        # cautious image-only schedule with an independent divergence check (see presets.py).
+        preset = "labels" if fl is not None else "multimodal"
     preset_name = preset if isinstance(preset, str) else "custom"
     stages = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(list(preset))
     if metric is not None:
@@ -295,11 +349,21 @@ def _run(stages, inputs: StageInputs, modality, preset_name, label_weight, landm
                 continue
             levels = resolve_levels(stage.get("levels", [[1, 0, 50]]), fixed)
             record["levels"] = [[lv.shrink, lv.sigma_mm, lv.iterations] for lv in levels]
+            if kind in SOLVER_MODELS:  # demons / convex: their own iterative solvers, same inputs and outputs
+                out = run_solver_stage(kind, stage, inputs, transform, levels, modality, seed + i, bar, f"{i}:{kind}",
+                                       float(stage.get("label_weight", label_weight)),
+                                       float(stage.get("landmark_weight", landmark_weight)))
+                record.update(out.record)
+                report_stages.append(record)
+                if not out.record.get("diverged"):
+                    inverse = _inverse(inverse, out.inverse, transform is not None)
+                    transform = _compose(transform, out.transform)
+                continue
             if kind in LINEAR_MODELS and transform is None:
                 init = stage.get("init") or "identity"
                 params = dict(init[1]) if isinstance(init, (list, tuple)) else {}
                 name = init[0] if isinstance(init, (list, tuple)) else init
-                transform = initialize(fixed, moving, name, inputs.fixed_mask, inputs.moving_mask, **params)
+                transform = _initialize(inputs, name, params)
                 inverse = transform.inverse()
                 record["initial_transform"] = transform.to_dict()
             prior = transform
@@ -308,7 +372,7 @@ def _run(stages, inputs: StageInputs, modality, preset_name, label_weight, landm
             record.update(similarity=sim, similarity_params=sim_params)
             opt = OptimizerConfig(**(stage.get("optimizer") or {}))
             outcome = run_stage(
-                model, inputs, levels, sim, sim_params, stage.get("penalties", []) or [], opt,
+                model, _stage_inputs(inputs, stage), levels, sim, sim_params, stage.get("penalties", []) or [], opt,
                 label_weight=float(stage.get("label_weight", label_weight)),
                 landmark_weight=float(stage.get("landmark_weight", landmark_weight)),
                 similarity_weight=float(stage.get("similarity_weight", 1.0)),
@@ -321,10 +385,15 @@ def _run(stages, inputs: StageInputs, modality, preset_name, label_weight, landm
                 continue  # keep the previous stages' transform
             stage_t = model.stage_transform()
             if model.prior is None:  # linear stage replacing a linear prior
-                transform, inverse = stage_t, model.inverse_transform()
+                new_t, new_inv = stage_t, model.inverse_transform()
             else:
-                transform = _compose(prior, stage_t)
-                inverse = _inverse(inverse, model.inverse_transform(), True)
+                new_t, new_inv = _compose(prior, stage_t), _inverse(inverse, model.inverse_transform(), True)
+            if stage.get("guard"):
+                record["guard"] = check_stage(stage["guard"], _stage_inputs(inputs, stage), prior, new_t, stage_t if model.prior is not None else None)
+                if not record["guard"]["accepted"]:
+                    record["diverged"] = True
+                    continue  # an independent check says the stage went wrong: keep the previous transform
+            transform, inverse = new_t, new_inv
     finally:
         if bar is not None:
             bar.stop()
@@ -344,6 +413,115 @@ def _run(stages, inputs: StageInputs, modality, preset_name, label_weight, landm
         stages=report_stages, timings=summary_times, preset=preset_name, modality=modality,
         final_metric=final, folding_percent=folding, fixed_path=fixed_path, moving_path=moving_path,
     )
+
+
+def _initialize(inputs: StageInputs, name: str, params: dict) -> Transform:
+    """The initial rigid transform; "labels" = centres of mass of the label maps (needs labels)."""
+    if name == "labels":
+        if inputs.fixed_labels is None:
+            name = "geometry"  # label-driven presets still run (image-only) without labels
+        else:
+            fl, ml = inputs.fixed_labels, inputs.moving_labels
+            return initialize(fl.with_data(fl.data.sum(0, keepdim=True)), ml.with_data(ml.data.sum(0, keepdim=True)),
+                              "moments", **params)
+    return initialize(inputs.fixed, inputs.moving, name, inputs.fixed_mask, inputs.moving_mask, **params)
+
+
+def central_region(grid, fraction: float) -> Image:
+    """Ellipsoid mask about the grid centre with semi-axes ``fraction`` x the extent along each axis.
+    Used where the target organ is centred in the field of view (e.g. TRUS volumes of the prostate):
+    the similarity then looks at the organ, not at the structures around it."""
+    pts = grid.points(dtype=torch.float32)
+    c = torch.as_tensor(np.asarray(grid.center()), dtype=torch.float32)
+    ext = torch.as_tensor(np.asarray(grid.extent), dtype=torch.float32).clamp_min(1e-6)
+    inside = (((pts - c) / (fraction * ext)) ** 2).sum(-1) <= 1
+    return Image(inside.float()[None], grid)
+
+
+def _stage_inputs(inputs: StageInputs, stage: dict) -> StageInputs:
+    """The stage's inputs: the fixed field-of-view mask when ``fov_mask`` is set and no fixed mask was
+    given; the one-hot labels Gaussian-smoothed by ``label_sigma_mm`` when set (a soft
+    Dice on blurred masks has a wide capture range and pulls the whole outline, not just its edge)."""
+    if stage.get("fov_mask") and inputs.fixed_mask is None:
+        # Similarity only inside the fixed image's field of view (e.g. the ultrasound cone), whose
+        # border is an acquisition edge, not anatomy; optionally only in its central region.
+        fov = field_of_view_mask(inputs.fixed)
+        roi = stage["fov_mask"].get("roi") if isinstance(stage["fov_mask"], dict) else None
+        if roi:
+            central = central_region(inputs.fixed.grid, float(roi))
+            fov = central if fov is None else fov.with_data(fov.data * central.data)
+        inputs = dataclasses.replace(inputs, fixed_mask=fov)
+    sigma = float(stage.get("label_sigma_mm") or 0.0)
+    if not sigma or inputs.fixed_labels is None:
+        return inputs
+    from morphreg.image.filters import gaussian_filter, sigma_mm_to_vox
+
+    def blur(img: Image) -> Image:
+        return img.with_data(gaussian_filter(img.data[None].float(), sigma_mm_to_vox(sigma, img.grid))[0])
+
+    return dataclasses.replace(inputs, fixed_labels=blur(inputs.fixed_labels), moving_labels=blur(inputs.moving_labels))
+
+
+def _guard_loss(inputs: StageInputs, transform: Transform | None, name: str, sigma_mm: float) -> float:
+    """An image similarity (loss, lower = better) of the moving image mapped by ``transform`` onto the
+    fixed grid, both smoothed by ``sigma_mm``, over the fixed mask and the moving image's support."""
+    from morphreg.image.filters import gaussian_filter, sigma_mm_to_vox
+    from morphreg.metrics import SIMILARITY_LOSSES
+
+    fixed, moving = inputs.fixed, inputs.moving
+    fs = gaussian_filter(fixed.batch().float(), sigma_mm_to_vox(sigma_mm, fixed.grid))
+    ms = moving.with_data(gaussian_filter(moving.batch().float(), sigma_mm_to_vox(sigma_mm, moving.grid))[0])
+    warped = warp(ms, transform, fixed.grid, "linear").batch()
+    support = moving.with_data(torch.ones_like(moving.data[:1]) if inputs.moving_mask is None else inputs.moving_mask.data)
+    inside = (warp(support, transform, fixed.grid, "linear").batch() > 0.5).float()
+    if inputs.fixed_mask is not None:
+        inside = inside * (inputs.fixed_mask.batch() > 0.5).float()
+    if float(inside.sum()) < 10:
+        return float("inf")
+    params = {"grid": fixed.grid} if name == "ngf" else {}
+    return float(SIMILARITY_LOSSES[name](fs, warped, inside, **params))
+
+
+def check_stage(guard: dict, inputs: StageInputs, before: Transform | None, after: Transform,
+                stage_transform: Transform | None = None) -> dict:
+    """Divergence check of a finished stage on things other than its own objective.
+
+    ``guard`` keys (all optional):
+        similarity: name of an independent similarity loss (e.g. "ngf" for a stage optimising MIND);
+            the stage is rejected unless it improves by at least ``min_gain`` (share of |loss|).
+        sigma_mm: smoothing of both images for that check (default 2 mm).
+        max_move_mm: largest RMS distance, over the fixed mask (or image), between the points mapped
+            before and after the stage.
+        jacobian: (low, high) bounds on det J of the stage's own deformation (deformable stages).
+    Returns a record with the measured values and ``accepted``.
+    """
+    out: dict = {"accepted": True}
+    fixed = inputs.fixed
+    with torch.no_grad():
+        if guard.get("similarity"):
+            name, sigma = guard["similarity"], float(guard.get("sigma_mm", 2.0))
+            b, a = _guard_loss(inputs, before, name, sigma), _guard_loss(inputs, after, name, sigma)
+            out.update(similarity=name, before=b, after=a)
+            if not a < b - float(guard.get("min_gain", 0.0)) * abs(b):
+                out["accepted"] = False
+        if guard.get("max_move_mm") is not None:
+            grid = fixed.grid.downsample(2)
+            x = grid.points(dtype=torch.float32).reshape(-1, fixed.dim)
+            xb = x if before is None else before.points(x)
+            d = (after.points(x) - xb).norm(dim=-1)
+            if inputs.fixed_mask is not None:
+                m = warp(inputs.fixed_mask, None, grid, "linear").data.reshape(-1) > 0.5
+                d = d[m] if bool(m.any()) else d
+            out["move_mm"] = float(d.pow(2).mean().sqrt())
+            if out["move_mm"] > float(guard["max_move_mm"]):
+                out["accepted"] = False
+        if guard.get("jacobian") is not None and stage_transform is not None:
+            lo, hi = guard["jacobian"]
+            det = stage_transform.jacobian_determinant(fixed.grid)
+            out["det_j_range"] = [float(det.min()), float(det.max())]
+            if not (lo <= out["det_j_range"][0] and out["det_j_range"][1] <= hi):
+                out["accepted"] = False
+    return out
 
 
 def _tps_stage(stage, inputs: StageInputs, prior, prior_inv):
