@@ -44,8 +44,9 @@ def sitk_image_to_field(img: sitk.Image) -> tuple[torch.Tensor, Grid]:
 # ----- morphreg -> SimpleITK --------------------------------------------------------------------------
 def to_sitk_transform(t: Transform, grid: Grid | None = None) -> sitk.Transform:
     """Equivalent SimpleITK transform. Linear models become AffineTransform (exact: matrix, translation,
-    centre); B-splines BSplineTransform; composites CompositeTransform (same order); any other model
-    a DisplacementFieldTransform sampled on ``grid`` (or the model's own domain)."""
+    centre); B-splines BSplineTransform; composites CompositeTransform (same order); displacement and
+    velocity fields a DisplacementFieldTransform on their own grid (exact); any other model a
+    DisplacementFieldTransform sampled on ``grid`` (or its domain)."""
     if isinstance(t, LinearTransform):
         a = t.matrix().detach().double().numpy()
         out = sitk.AffineTransform(t.dim)
@@ -63,7 +64,9 @@ def to_sitk_transform(t: Transform, grid: Grid | None = None) -> sitk.Transform:
         for part in t.transforms:
             out.AddTransform(to_sitk_transform(part, grid))
         return out
-    grid = grid or t.domain()
+    # A dense model's own grid is its exact representation (ITK interpolates it linearly and treats
+    # points outside the buffer as we do); ``grid`` is for models without one (TPS, additive).
+    grid = t.domain() if isinstance(t, (DisplacementFieldTransform, StationaryVelocityFieldTransform)) else (grid or t.domain())
     if grid is None:
         raise MorphregError(f"{type(t).__name__} has no grid of its own; give a reference grid to export it as a displacement field")
     field = t.displacement(grid, dtype=torch.float64) if not isinstance(t, DisplacementFieldTransform) or not grid.same_as(t.grid) \
