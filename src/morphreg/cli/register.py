@@ -16,7 +16,9 @@ def register_cmd(
     moving: Path = typer.Argument(..., help="Moving image, registered onto the fixed one."),
     output: Path = typer.Option(..., "-o", "--output", help="Output folder (written atomically)."),
     preset: str = typer.Option("default", "--preset", "-p",
-                               help="rigid | affine | bspline | syn | demons | convex | tps | rigidity | default."),
+                               help="rigid | affine | bspline | syn | demons | convex | tps | rigidity | multimodal | labels | "
+                                    "default (affine then SyN for same-modality pairs; 'multimodal' for different "
+                                    "modalities, 'labels' when label maps are given)."),
     metric: str = typer.Option(None, "--metric", "-m", help="Similarity for every stage: mse ncc lncc ngf mi nmi mind."),
     fixed_mask: Path = typer.Option(None, "--fixed-mask", help="Mask of the fixed image (non-zero = used)."),
     moving_mask: Path = typer.Option(None, "--moving-mask", help="Mask of the moving image."),
