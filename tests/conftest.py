@@ -94,3 +94,12 @@ def smooth_image():
 def label_image():
     """Factory: ``label_image(grid, n_labels=3, dtype=int16) -> Image`` (nested boxes)."""
     return _label_image
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny problems on a shared 2-core machine: intra-op threads only add contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

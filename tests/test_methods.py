@@ -18,13 +18,7 @@ from morphreg.register.presets import CONVEX, get_preset
 from morphreg.transforms import StationaryVelocityFieldTransform, TranslationTransform
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny problems on a shared 2-core machine: intra-op threads only add contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # single-threaded: see conftest.py
 
 
 def _epe(transform, truth, grid: Grid, inside: torch.Tensor) -> float:

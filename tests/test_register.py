@@ -24,13 +24,7 @@ LEVELS_2D = [[4, None, 60], [2, None, 50], [1, 0.0, 30]]
 LEVELS_3D = [[2, None, 50], [1, 0.0, 25]]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny problems on a shared 2-core machine: intra-op threads only add contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # single-threaded: see conftest.py
 
 
 def _epe(a, b, grid: Grid, inside: torch.Tensor | None = None) -> float:
