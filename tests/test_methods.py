@@ -79,6 +79,26 @@ def test_demons_recovers_smooth_deformation(dim, variant, field_shrink):
         assert r.inverse is None
 
 
+def test_demons_lncc_force_recovers_under_an_intensity_bias():
+    """A smooth multiplicative bias on the moving image (as an MR bias field): the local-correlation
+    force (ANTs/dipy SyN's CC force) is insensitive to it and still recovers the deformation."""
+    fixed, moving, body, truth = _smooth_pair(2, 64, 1.0, 4.0)
+    x = fixed.grid.points()
+    bias = 1.0 + 0.5 * torch.tanh(x[..., 0] / 20.0)  # 0.5 .. 1.5 across the image
+    moving = moving.with_data(moving.data * bias)
+    levels = [[4, None, 60], [2, None, 60], [1, 0.0, 60]]
+    params = {"metric": "lncc", "window": 5, "max_step_vox": 1.0}
+    r = register(fixed, moving, [{"model": "demons", "model_params": params, "levels": levels}], modality="mono")
+    start = _epe(TranslationTransform(2), truth, fixed.grid, body)
+    epe = _epe(r.transform, truth, fixed.grid, body)
+    assert epe < 0.35 * start, (epe, start)
+    ssd = register(fixed, moving, [{"model": "demons", "levels": levels}], modality="mono")  # biased by the gain
+    assert _epe(ssd.transform, truth, fixed.grid, body) > 2 * epe
+    assert float(r.transform.jacobian_determinant(fixed.grid).min()) > 0
+    with pytest.raises(MorphregError):
+        register(fixed, moving, [{"model": "demons", "model_params": {"metric": "mi"}, "levels": levels}])
+
+
 def test_demons_preset_is_the_classical_solver_after_affine():
     pair = make_phantom_pair(dim=2, size=48, spacing=1.5, magnitude_mm=3.0)
     r = register(pair.fixed, pair.moving, "demons", levels=[[4, None, 40], [2, None, 40], [1, 0.0, 30]])

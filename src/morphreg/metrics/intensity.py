@@ -71,6 +71,20 @@ def local_ncc(
     """
     check_pair(fixed, warped)
     w = as_weight(mask, fixed)
+    _, _, var_f, var_m, cov = local_moments(fixed, warped, w, window)
+    cc = cov * cov / (var_f * var_m + eps) if squared else cov / torch.sqrt(var_f * var_m + eps)
+    return weighted_mean(cc, w)
+
+
+def local_moments(fixed: torch.Tensor, warped: torch.Tensor, w: torch.Tensor | None, window) -> tuple[torch.Tensor, ...]:
+    """Local (windowed, weighted) means, variances and covariance of two images.
+
+    Args:
+        fixed, warped: (N, C, *spatial); w: None or weights (N or 1, 1, *spatial).
+        window: odd box size in voxels (one int or per index axis x, y[, z]).
+    Returns:
+        mean_f, mean_m, var_f, var_m, cov, each (N, C, *spatial); windows count in-image voxels only.
+    """
     n, c = max(fixed.shape[0], warped.shape[0]), fixed.shape[1]
     f, m = fixed.expand(n, *fixed.shape[1:]), warped.expand(n, *warped.shape[1:])
     if w is None:
@@ -84,6 +98,4 @@ def local_ncc(
     mean_f, mean_m, ff, mm, fm = (s / count.clamp_min(TINY) for s in stats.split(c, dim=1))
     var_f = (ff - mean_f * mean_f).clamp_min(0)
     var_m = (mm - mean_m * mean_m).clamp_min(0)
-    cov = fm - mean_f * mean_m
-    cc = cov * cov / (var_f * var_m + eps) if squared else cov / torch.sqrt(var_f * var_m + eps)
-    return weighted_mean(cc, w)
+    return mean_f, mean_m, var_f, var_m, fm - mean_f * mean_m

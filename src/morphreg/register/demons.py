@@ -22,7 +22,10 @@ the fixed grid shrunk by that factor (forces are computed at image resolution, s
 resampled onto it): about 3x faster in 3D, slightly less accurate; G_diff then acts in voxels of
 that grid. For multimodal pairs (``features="mind"``, the default for
 "multi") the force acts on the MIND-SSC descriptor channels instead of the intensities.
-The sum of squared differences is scale-free in the update, so mono-modal intensities need no
+With ``metric="lncc"`` the force is the local-correlation force of ANTs/dipy SyN instead
+(:func:`lncc_force`): robust to smooth intensity bias (measured on a synthetic gain of 0.5..1.5 the SSD
+force diverged while LNCC recovered the deformation), but on the brain T1 pair it did not beat SSD
+(half-resolution: Dice 0.605 vs 0.619). The sum of squared differences is scale-free in the update, so mono-modal intensities need no
 normalisation. Iterations stop early when the mean squared difference has not improved by a
 relative ``tolerance`` over ``patience`` iterations.
 """
@@ -39,6 +42,7 @@ from morphreg.errors import MorphregError
 from morphreg.image.filters import gaussian_filter
 from morphreg.image.grid import Grid
 from morphreg.image.image import Image
+from morphreg.metrics.intensity import local_moments
 from morphreg.metrics.mind import mind_ssc
 from morphreg.optim.models import resample_field
 from morphreg.optim.multires import level_data, pyramid
@@ -59,6 +63,8 @@ DEFAULTS = {
     "steps": 6,  # scaling-and-squaring steps of the exponentials
     "field_shrink": 1,  # the field is never finer than the full-resolution fixed grid shrunk by this
     "features": "auto",  # intensity | mind | auto (intensity for mono, mind for multi)
+    "metric": "ssd",  # ssd (demons force) | lncc (the CC force of ANTs/dipy SyN)
+    "window": 5,  # lncc window, voxels of each level
     "mind": {"radius": 1, "dilation": 2},
     "tolerance": 1e-4,
     "patience": 10,
@@ -104,6 +110,45 @@ def demons_force(fixed: torch.Tensor, warped: torch.Tensor, grid: Grid, force: s
     return du, sq
 
 
+def lncc_force(fixed: torch.Tensor, warped: torch.Tensor, grid: Grid, force: str, window: int, max_step_mm: float,
+               weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The local-correlation force of ANTs/dipy SyN (Avants et al. 2008), as a demons update.
+
+    With local moments over the window (centred values fc, mc; variances sff, smm; covariance sfm)
+    and cc^2 = sfm^2 / (sff smm), the pointwise derivatives (window coupling ignored, as in ANTs) are
+    d cc^2 / dW = 2 sfm / (sff smm) (fc - sfm / smm mc) and d cc^2 / dF likewise with the roles
+    swapped. The moving side moves along +grad W, the (half-way warped) fixed side the other way.
+    The update is scaled so that its largest vector is sigma_x / 2 (a fixed step, as ANTs' gradient step).
+
+    Returns:
+        update (1, dim, *shape) world mm, 1 - cc^2 (1, 1, *shape) (summed over channels / C).
+    """
+    mean_f, mean_m, var_f, var_m, cov = local_moments(fixed, warped, weight, window)
+    denom = var_f * var_m
+    ok = denom > 1e-8 * float(denom.amax().clamp_min(1e-30))  # flat windows give no force
+    a = torch.where(ok, 2 * cov / denom.clamp_min(1e-30), torch.zeros_like(denom))
+    fc, mc = fixed - mean_f, warped - mean_m
+    coef_m = a * (fc - cov / var_m.clamp_min(1e-30) * mc)
+    coef_f = a * (mc - cov / var_f.clamp_min(1e-30) * fc)
+    if force == "fixed":
+        du = (coef_m.unsqueeze(2) * world_gradient(fixed, grid)).sum(1)
+    elif force == "moving":
+        du = (coef_m.unsqueeze(2) * world_gradient(warped, grid)).sum(1)
+    else:
+        du = (coef_m.unsqueeze(2) * world_gradient(warped, grid) - coef_f.unsqueeze(2) * world_gradient(fixed, grid)).sum(1)
+    if weight is not None:
+        du = du * weight
+    # Scale by a high percentile, not the maximum: near-flat windows (e.g. at the edge of a
+    # skull-stripped brain) give a few huge, meaningless forces; clip those to the step.
+    norm = du.norm(dim=1, keepdim=True)
+    flat = norm.flatten()
+    top = flat[torch.randint(0, flat.numel(), (min(flat.numel(), 200_000),), generator=torch.Generator().manual_seed(0))]
+    size = torch.quantile(top, 0.99).clamp_min(1e-12)
+    du = du * (0.5 * max_step_mm / torch.maximum(norm, size))
+    cc2 = torch.where(ok, cov * cov / denom.clamp_min(1e-30), torch.zeros_like(denom))
+    return du, (1 - cc2).mean(1, keepdim=True)
+
+
 class DemonsLevel:
     """One pyramid level: feature images, masks and the current field on the level grid."""
 
@@ -147,7 +192,10 @@ class DemonsLevel:
         weight = overlap_mask(self.moving_grid_image, mov_pts, self.moving_mask, self.fixed_mask) * inside_fixed
         if float(weight.sum()) < 1:
             raise MorphregError("demons: the images do not overlap (or the masks are empty) under the current transform")
-        du, sq = demons_force(fixed, warped, self.grid, self.p["force"], self.max_step_mm, weight)
+        if self.p["metric"] == "lncc":
+            du, sq = lncc_force(fixed, warped, self.grid, self.p["force"], int(self.p["window"]), self.max_step_mm, weight)
+        else:
+            du, sq = demons_force(fixed, warped, self.grid, self.p["force"], self.max_step_mm, weight)
         energy = float((sq * weight).sum() / weight.sum())
         return energy, du
 
@@ -175,6 +223,8 @@ def demons_params(stage: dict, modality: str) -> dict:
         raise MorphregError(f"unknown demons variant {params['variant']!r} (choose from {', '.join(VARIANTS)})")
     if params["force"] not in FORCES:
         raise MorphregError(f"unknown demons force {params['force']!r} (choose from {', '.join(FORCES)})")
+    if params["metric"] not in ("ssd", "lncc"):
+        raise MorphregError(f"demons metric must be ssd or lncc, not {params['metric']!r}")
     if params["features"] == "auto":
         params["features"] = "intensity" if modality == "mono" else "mind"
     if params["features"] not in ("intensity", "mind"):
