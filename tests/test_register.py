@@ -213,7 +213,9 @@ def test_save_writes_itk_outputs(tmp_path):
     assert summary["folding_percent"] == 0.0 and len(summary["timings"]["stages_s"]) == 3
     # SimpleITK maps points as morphreg does, through transform.h5 and through displacement.nii.gz.
     tx = sitk.ReadTransform(str(out / "transform.h5"))
-    disp = sitk.DisplacementFieldTransform(sitk.ReadImage(str(out / "displacement.nii.gz"), sitk.sitkVectorFloat64))
+    disp_image = sitk.ReadImage(str(out / "displacement.nii.gz"))
+    assert disp_image.GetPixelID() == sitk.sitkVectorFloat32  # as ANTs writes warps; half the size
+    disp = sitk.DisplacementFieldTransform(sitk.Cast(disp_image, sitk.sitkVectorFloat64))
     pts = pair.fixed.grid.points().reshape(-1, 2)[::97]
     ours = r.transform.points(pts).detach().numpy()
     assert np.abs(np.array([tx.TransformPoint(tuple(map(float, p))) for p in pts]) - ours).max() < 1e-3
@@ -272,6 +274,16 @@ def test_unknown_preset_and_parameter():
         register(img, img, "nope")
     with pytest.raises(MorphregError, match="parameter"):
         register(img, img, "rigid", not_a_key=1)
+
+
+def test_level_sigmas_in_mm_voxels_or_default():
+    from morphreg.register.api import resolve_levels
+
+    img = Image(torch.zeros(1, 8, 8), Grid([8, 8], spacing=[2.0, 3.0]))
+    levels = resolve_levels([[4, None, 5], [2, "1.5vox", 6], [1, 0.7, 7], [1, None, 8]], img)
+    assert [(lv.shrink, lv.sigma_mm, lv.iterations) for lv in levels] == [(4, 4.0, 5), (2, 3.0, 6), (1, 0.7, 7), (1, 0.0, 8)]
+    with pytest.raises(MorphregError, match="sigma"):
+        resolve_levels([[2, "2mm", 5]], img)
 
 
 # ----- real data ----------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ overlap masks, full-resolution checks and a dense field per level; that is gener
 * Adam with a decaying rate and a relative-change stop per level; the full-resolution level gets no
   iterations (as ANTs' default SyN), the field is smooth at that scale anyway.
 
-The stage transform is exp(v) (fixed -> prior space), its inverse exp(-v): det J > 0 by construction.
+The stage transform is exp(v) (fixed -> prior space), its inverse exp(-v), integrated on a grid twice
+as fine as v's (``exp_shrink``): linear interpolation of exp(v) from the coarse velocity grid left a
+few folded voxels where the map compresses most.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from morphreg.image.grid import Grid
 from morphreg.image.image import Image
 from morphreg.image.pyramid import pyramid_level
 from morphreg.optim.optimizers import OptimizerConfig, _RelativeStop
-from morphreg.transforms import scaling_and_squaring
+from morphreg.transforms import StationaryVelocityFieldTransform, scaling_and_squaring
 from morphreg.transforms.warp import warp
 
 SUPPORTED_PENALTIES = ("diffusion", "bending", "elastic")
@@ -214,6 +216,30 @@ def fast_svf_model(prior, domain: Grid, params: dict):
                              int(params.get("steps", 7)))
             self.exact_gradient = bool(params.get("exact_gradient", False))
             self.threads = params.get("threads")
+            shrink = params.get("exp_shrink")
+            self.exp_shrink = None if shrink is None else float(shrink)
+
+        def _velocity(self, sign: float = 1.0):
+            """The smoothed velocity for the stage transform, upsampled (linear) to the finer grid
+            ``exp_shrink`` when given. Integrating exp(v) on a 2 mm instead of the 4 mm velocity grid
+            removed the few folded voxels that linear interpolation of the coarse exp(v) left (brain
+            T1 b->a: min det J -0.13 -> 0.065) and moved the map by <= 4.7 mm where it compresses
+            most (Dice 0.623 -> 0.627); optimising with the finer exponential cost 1.8x the time for
+            no gain (0.626), so only the result uses it."""
+            v, grid = sign * self.field().detach(), self.grid
+            if self.exp_shrink is not None:
+                fine = domain.downsample(self.exp_shrink) if self.exp_shrink > 1 else domain
+                if fine.spacing.min() < grid.spacing.min() * (1 - 1e-6):
+                    v, grid = upsample_field(v, grid, fine), fine
+            return v, grid
+
+        def stage_transform(self, detach: bool = True):
+            if not detach:
+                return super().stage_transform(detach)
+            return StationaryVelocityFieldTransform(*self._velocity(), self.steps)
+
+        def inverse_transform(self):
+            return StationaryVelocityFieldTransform(*self._velocity(-1.0), self.steps)
 
         def run_fast(self, inputs, levels, similarity, sim_params, penalties, optimizer, label_weight=0.0,
                      landmark_weight=0.0, similarity_weight=1.0, progress=None, name="syn"):

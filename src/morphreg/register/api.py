@@ -200,13 +200,21 @@ def apply_overrides(stages: list[dict], overrides: dict) -> list[dict]:
 
 
 def resolve_levels(levels, fixed: Image) -> list[Level]:
-    """[[shrink, sigma_mm | None, iterations], ...] -> Levels; None sigma = shrink / 2 fixed voxels."""
+    """[[shrink, sigma, iterations], ...] -> Levels. sigma: mm, "<k>vox" (k fixed voxels, the finest
+    spacing) or None (= shrink / 2 fixed voxels)."""
     out = []
     for entry in levels:
         shrink, sigma, its = (list(entry) + [None, 50])[:3] if not isinstance(entry, dict) else (
             entry["shrink"], entry.get("sigma_mm"), entry.get("iterations", 50))
         if sigma is None:
             sigma = 0.0 if shrink <= 1 else 0.5 * float(shrink) * float(fixed.grid.spacing.min())
+        elif isinstance(sigma, str):
+            try:
+                if not sigma.endswith("vox"):
+                    raise ValueError
+                sigma = float(sigma[:-3]) * float(fixed.grid.spacing.min())
+            except ValueError:
+                raise MorphregError(f"level sigma {sigma!r}: give mm, '<k>vox' or None") from None
         out.append(Level(float(shrink), float(sigma), int(its)))
     return out
 

@@ -10,7 +10,8 @@ A stage is a plain dict (every key can be overridden through ``register(..., **o
     similarity_params: keyword arguments of the similarity, per name: {"lncc": {"window": 5}}
     penalties:        [{"name": "bending", "weight": 1.0, "params": {}, "mask": None | "rigidity"}]
     optimizer:        {"name": "adam" | "gd" | "lbfgs" | "asgd", "lr": mm, "tolerance": ..., ...}
-    levels:           [[shrink, sigma_mm or None (= shrink / 2 voxels of the fixed image), iterations], ...]
+    levels:           [[shrink, sigma, iterations], ...]; sigma in mm, "<k>vox" (k voxels of the fixed
+                      image) or None (= shrink / 2 voxels of the fixed image)
     init:             linear stages only: "identity" | "geometry" | "moments" | "principal_axes" | "fft"
     label_weight, landmark_weight: weights of the optional label (soft Dice) and landmark terms.
     similarity_weight: weight of the image similarity (0 = labels/landmarks only).
@@ -52,16 +53,19 @@ BSPLINE = {
 }
 # SyN class (morphreg.optim.fastsyn): symmetric stationary velocity on a 4x coarser grid (Gaussian
 # smoothed, diffusion penalty), LNCC (window 5 voxels of each level) half way, Adam at 1/4 and 1/2
-# resolution; like ANTs' default SyN the full-resolution level gets no iterations. Used by "default"
+# resolution; like ANTs' default SyN the full-resolution level gets no iterations. Pyramid smoothing is
+# half the usual (1 voxel at 1/4, none at 1/2: resampling at 1/2 already averages 2^d voxels): brain T1
+# Dice 0.612 -> 0.623 (b->a) and 0.616 -> 0.626 (a->b), same time. Used by "default"
 # for mono-modal pairs; "syn" keeps the generic driver (its synthetic-recovery tests need finer fields).
 FAST_SYN = {
     "model": "svf",
-    "model_params": {"solver": "fast", "symmetric": True, "smoothing_mm": 2.0, "steps": 7, "field_shrink": 4},
+    "model_params": {"solver": "fast", "symmetric": True, "smoothing_mm": 2.0, "steps": 7, "field_shrink": 4,
+                     "exp_shrink": 2},
     "similarity": {"mono": "lncc", "multi": "mind"},
     "similarity_params": {"lncc": {"window": 5}},
     "penalties": [{"name": "diffusion", "weight": 0.05}],
     "optimizer": {"name": "adam", "lr": 2.0, "tolerance": 1e-4, "patience": 10, "extra": {"final_lr_ratio": 0.2}},
-    "levels": [[4, None, 60], [2, None, 30]],
+    "levels": [[4, "1vox", 60], [2, 0.0, 30]],
 }
 SYN = {
     "model": "svf",
