@@ -104,8 +104,12 @@ TPS = {"model": "tps", "model_params": {"smoothing": 0.0}}
 # favour the true pose over the image-centre one in only ~50 % of pairs over the whole field of view),
 # so the schedule is cautious: one rigid stage, MIND-SSC over the fixed field of view restricted to its
 # central region (the organ the probe is aimed at), small steps, coarse levels only; and an independent
-# check: the stage is kept only if local NCC (not optimised) improves by >= 5 % in the same region and
-# the region moved by <= 20 mm RMS; otherwise the initial (image-centre) alignment is returned.
+# check: the stage is kept only if local NCC (not optimised) improves by >= 15 % in the same region and
+# the region moved by <= 15 mm RMS; otherwise the initial (image-centre) alignment is returned.
+# Thresholds from the 78 prostate pairs with the stage always accepted (in-sample, so optimistic): of
+# the candidate checks only the local-NCC gain correlated with the TRE change (r = 0.53; NGF, MI, NMI,
+# MIND gains: |r| <= 0.09). Always accepting made 46 pairs worse; 5 % / 20 mm: 35 accepted, 16 worse;
+# 15 % / 15 mm: 22 accepted, 7 worse, mean TRE change of the accepted -2.3 mm, same median TRE.
 MULTIMODAL_RIGID = {
     "model": "rigid",
     "init": "geometry",
@@ -113,7 +117,7 @@ MULTIMODAL_RIGID = {
     "fov_mask": {"roi": 0.3},
     "optimizer": {"name": "adam", "lr": 0.3, "tolerance": 1e-5, "patience": 15, "extra": {"final_lr_ratio": 0.05}},
     "levels": [[4, None, 60], [2, None, 40]],
-    "guard": {"similarity": "lncc", "sigma_mm": 1.5, "max_move_mm": 20.0, "min_gain": 0.05},
+    "guard": {"similarity": "lncc", "sigma_mm": 1.5, "max_move_mm": 15.0, "min_gain": 0.15},
 }
 # Label-driven (the default when label maps of both images are given for a multimodal pair): affine
 # fitted by soft Dice on Gaussian-smoothed (3 mm) label maps, from the labels' centres of mass, images
