@@ -23,10 +23,10 @@ resampled onto it): about 3x faster in 3D, slightly less accurate; G_diff then a
 that grid. For multimodal pairs (``features="mind"``, the default for
 "multi") the force acts on the MIND-SSC descriptor channels instead of the intensities.
 With ``metric="lncc"`` the force is the local-correlation force of ANTs/dipy SyN instead
-(:func:`lncc_force`): robust to smooth intensity bias (measured on a synthetic gain of 0.5..1.5 the SSD
-force diverged while LNCC recovered the deformation), but on the brain T1 pair it did not beat SSD
-(half-resolution: Dice 0.605 vs 0.619). The sum of squared differences is scale-free in the update, so mono-modal intensities need no
-normalisation. Iterations stop early when the mean squared difference has not improved by a
+(:func:`lncc_force`): robust to smooth intensity bias (on a synthetic gain of 0.5..1.5 the SSD force
+made the alignment worse while LNCC recovered the deformation), but on the brain T1 pair it did not
+beat SSD (levels 1/4 + 1/2: Dice 0.605 vs 0.619). The sum of squared differences is scale-free in the
+update, so mono-modal intensities need no normalisation. Iterations stop early when the mean squared difference has not improved by a
 relative ``tolerance`` over ``patience`` iterations.
 """
 from __future__ import annotations
@@ -118,10 +118,11 @@ def lncc_force(fixed: torch.Tensor, warped: torch.Tensor, grid: Grid, force: str
     and cc^2 = sfm^2 / (sff smm), the pointwise derivatives (window coupling ignored, as in ANTs) are
     d cc^2 / dW = 2 sfm / (sff smm) (fc - sfm / smm mc) and d cc^2 / dF likewise with the roles
     swapped. The moving side moves along +grad W, the (half-way warped) fixed side the other way.
-    The update is scaled so that its largest vector is sigma_x / 2 (a fixed step, as ANTs' gradient step).
+    The update is scaled so that its 99th-percentile vector is sigma_x / 2 and longer ones are clipped
+    to that length (a fixed step, as ANTs' gradient step, robust to a few near-flat windows).
 
     Returns:
-        update (1, dim, *shape) world mm, 1 - cc^2 (1, 1, *shape) (summed over channels / C).
+        update (1, dim, *shape) world mm, 1 - cc^2 (1, 1, *shape) averaged over the channels.
     """
     mean_f, mean_m, var_f, var_m, cov = local_moments(fixed, warped, weight, window)
     denom = var_f * var_m

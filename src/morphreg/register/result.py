@@ -112,7 +112,7 @@ class Result:
             if self.inverse is not None:
                 jobs.append(lambda: self.inverse.save(tmp / "inverse_displacement.nii.gz", grid=self.moving.grid))
             # gzip in SimpleITK and torch both release the GIL: the files are written side by side
-            # (brain T1: ~10 s -> ~5 s on 2 cores).
+            # (brain T1, 4 files: 9.2 s -> 6.8 s on 2 cores).
             with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
                 for job in [pool.submit(j) for j in jobs]:
                     job.result()
