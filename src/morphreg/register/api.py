@@ -209,10 +209,9 @@ def resolve_levels(levels, fixed: Image) -> list[Level]:
         if sigma is None:
             sigma = 0.0 if shrink <= 1 else 0.5 * float(shrink) * float(fixed.grid.spacing.min())
         elif isinstance(sigma, str):
+            number = sigma[:-3] if sigma.endswith("vox") else ""
             try:
-                if not sigma.endswith("vox"):
-                    raise ValueError
-                sigma = float(sigma[:-3]) * float(fixed.grid.spacing.min())
+                sigma = float(number) * float(fixed.grid.spacing.min())
             except ValueError:
                 raise MorphregError(f"level sigma {sigma!r}: give mm, '<k>vox' or None") from None
         out.append(Level(float(shrink), float(sigma), int(its)))
