@@ -1,7 +1,9 @@
 """Brain T1 inter-subject benchmark: morphreg vs ANTs SyN, elastix affine+B-spline, dipy SyN,
 subject_a <-> subject_b (both directions), evaluated with the same independent code.
 
-    python benchmarks/brain.py [--tools morphreg,ants,elastix,dipy] [--threads 2] [--preset P]
+    python benchmarks/brain.py [--tools morphreg,morphreg:accurate,ants,elastix,dipy] [--threads 2] [--preset P]
+
+``morphreg:P`` runs the CLI with ``--preset P`` (several presets side by side in one run).
 """
 from __future__ import annotations
 
@@ -40,8 +42,9 @@ def main() -> None:
         fixed, moving = read_image(fixed_path, dtype=torch.float32), read_image(moving_path, dtype=torch.float32)
         fl, ml = read_image(root / f"subject_{fix}_labels.nii.gz"), read_image(root / f"subject_{mov}_labels.nii.gz")
         for tool in tools:
-            if tool == "morphreg":
-                extra = ["--preset", args.preset] if args.preset else []
+            if tool.split(":")[0] == "morphreg":
+                preset = tool.split(":")[1] if ":" in tool else args.preset
+                extra = ["--preset", preset] if preset else []
                 t, seconds, summary = run_morphreg_cli(fixed_path, moving_path, extra, args.threads)
                 corr, info = float("nan"), summary.get("timings", {})
             else:

@@ -142,6 +142,47 @@ def test_deformable_recovers_smooth_deformation(preset, dim):
         assert float(det.min()) > 0
 
 
+def test_patch_sampler_draws_reproducible_cubes_of_grid_points_in_the_foreground():
+    from morphreg.optim.fastsyn import PatchSampler, foreground
+
+    grid = Grid([20, 16, 12], [5.0, -3.0, 2.0], [1.0, 1.5, 2.0], np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]))
+    image = torch.zeros(1, 1, *grid.shape)
+    image[0, 0, 3:6, 4:9, 10:15] = 1.0  # (z, y, x) box
+    fg = foreground(image)
+    assert int(fg.sum()) == 3 * 5 * 5
+    sampler = PatchSampler(grid, fg, count=5, size=8, seed=3)
+    pts = sampler.draw()
+    assert pts.shape == (1, 5, 8, 8, 8, 3)
+    index = torch.as_tensor(grid.world_to_index_points(pts.reshape(-1, 3).double().numpy()))
+    assert torch.allclose(index, index.round(), atol=1e-3)  # lattice points of the grid
+    assert bool((index >= -1e-3).all()) and bool((index <= torch.tensor(grid.size) - 1 + 1e-3).all())
+    centres = index.reshape(5, 8, 8, 8, 3)[:, 4, 4, 4].round().long()  # cube centres (x, y, z)
+    assert all(bool(fg[0, 0, z, y, x]) for x, y, z in centres.tolist())
+    assert torch.equal(PatchSampler(grid, fg, 5, 8, seed=3).draw(), pts)
+    assert PatchSampler(grid, fg, 2, 64).draw().shape == (1, 2, 12, 16, 20, 3)  # clipped to the grid
+
+
+def test_fast_syn_full_resolution_patches_recover_a_smooth_deformation():
+    """The fast SyN solver's stochastic full-resolution level (random cubes per iteration) keeps
+    improving a coarse result and stays diffeomorphic."""
+    from morphreg.register.presets import FAST_SYN
+
+    grid = Grid([40] * 3, [-39 * 1.5 / 2] * 3, 1.5)
+    fixed, labels = phantom_image(grid)
+    truth = smooth_deformation(grid, 4.0, seed=2)
+    with torch.no_grad():
+        moving = warp(fixed, truth.inverse(), grid)
+    body = labels.data[0] > 0
+    base = {**FAST_SYN, "model_params": {**FAST_SYN["model_params"], "field_shrink": 1}, "levels": [[2, None, 40]]}
+    coarse = register(fixed, moving, [base], modality="mono")
+    fine = register(fixed, moving, [{**base, "levels": [[2, None, 40], [1, 0.0, 60]],
+                                     "model_params": {**base["model_params"], "patches": [4, 16]}}], modality="mono")
+    epe0, epe1 = (_epe(r.transform, truth, grid, body) for r in (coarse, fine))
+    assert epe1 < 0.5 * 1.5 and epe1 < 0.8 * epe0, (epe0, epe1)
+    assert float(fine.transform.jacobian_determinant(grid).min()) > 0
+    assert len(fine.stages[-1]["trace"][-1]) == 60  # stochastic: no early stop on noisy values
+
+
 def test_multimodal_affine_with_mi_and_syn_with_mind():
     pair = make_phantom_pair(dim=2, size=64, spacing=1.0, magnitude_mm=3.0)
     # Non-monotonic intensity remapping: a different "modality" with the same anatomy.

@@ -18,7 +18,8 @@ def register_cmd(
     preset: str = typer.Option("default", "--preset", "-p",
                                help="rigid | affine | bspline | syn | demons | convex | tps | rigidity | multimodal | labels | "
                                     "default (affine then SyN for same-modality pairs; 'multimodal' for different "
-                                    "modalities, 'labels' when label maps are given)."),
+                                    "modalities, 'labels' when label maps are given) | accurate (default plus a "
+                                    "stochastic full-resolution level, about twice the time)."),
     metric: str = typer.Option(None, "--metric", "-m", help="Similarity for every stage: mse ncc lncc ngf mi nmi mind."),
     fixed_mask: Path = typer.Option(None, "--fixed-mask", help="Mask of the fixed image (non-zero = used)."),
     moving_mask: Path = typer.Option(None, "--moving-mask", help="Mask of the moving image."),

@@ -268,7 +268,9 @@ def register(
         fixed, moving: Images or paths (2D or 3D, same dimension).
         preset: a name of ``morphreg.register.presets.PRESETS`` ("rigid", "affine", "bspline", "syn",
             "demons", "tps", "rigidity", "multimodal", "labels", "default" = affine then SyN for
-            mono-modal pairs; for multimodal pairs "labels" when labels are given, else "multimodal")
+            mono-modal pairs, "accurate" = the same with a stochastic full-resolution level (about
+            twice the deformable time); for multimodal pairs both become "labels" when labels are
+            given, else "multimodal")
             or a list of stage dicts.
         fixed_mask, moving_mask: where the similarity is evaluated (non-zero = inside).
         fixed_labels, moving_labels: integer maps or one-hot stacks; they add
@@ -316,7 +318,7 @@ def register(
         raise MorphregError(f"modality must be auto, mono or multi, not {modality!r}")
     modality = detect_modality(fixed, moving) if modality == "auto" else modality
 
-    if preset == "default" and modality == "multi":
+    if preset in ("default", "accurate") and modality == "multi":
         # Multimodal pairs: label-driven when labels are given (how MR-TRUS fusion is done), else the
         # cautious image-only schedule with an independent divergence check (see presets.py).
         preset = "labels" if fl is not None else "multimodal"
