@@ -183,6 +183,17 @@ def test_fast_syn_full_resolution_patches_recover_a_smooth_deformation():
     assert len(fine.stages[-1]["trace"][-1]) == 60  # stochastic: no early stop on noisy values
 
 
+def test_accurate_preset_is_default_with_cubes_and_multimodal_pairs_get_the_multimodal_schedule():
+    from morphreg.register.presets import get_preset
+
+    accurate, default = get_preset("accurate"), get_preset("default")
+    assert [s["model"] for s in accurate] == [s["model"] for s in default]
+    assert accurate[-1]["model_params"]["patches"] and accurate[-1]["levels"][-1][0] == 1
+    pair = make_phantom_pair(dim=2, size=48, spacing=1.0, magnitude_mm=0.0)
+    r = register(pair.fixed, pair.moving, "accurate", modality="multi")
+    assert r.preset == "multimodal" and [s["model"] for s in r.stages] == ["rigid"]
+
+
 def test_multimodal_affine_with_mi_and_syn_with_mind():
     pair = make_phantom_pair(dim=2, size=64, spacing=1.0, magnitude_mm=3.0)
     # Non-monotonic intensity remapping: a different "modality" with the same anatomy.
