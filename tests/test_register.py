@@ -162,6 +162,17 @@ def test_patch_sampler_draws_reproducible_cubes_of_grid_points_in_the_foreground
     assert PatchSampler(grid, fg, 2, 64).draw().shape == (1, 2, 12, 16, 20, 3)  # clipped to the grid
 
 
+def test_fast_syn_velocity_grid_per_level():
+    from morphreg.optim.fastsyn import FastSyN
+
+    domain = Grid([128, 128, 96], [0.0, 0.0, 0.0], 1.0)
+    solver = FastSyN(domain, field_shrink=4)
+    solver.start_level(domain.downsample(4))
+    assert solver.grid.shape == (24, 32, 32)
+    solver.start_level(domain, field_shrink=2)  # e.g. a cube level with cube_field_shrink 2
+    assert solver.grid.shape == (48, 64, 64) and solver.velocity.shape == (1, 3, 48, 64, 64)
+
+
 def test_fast_syn_full_resolution_patches_recover_a_smooth_deformation():
     """The fast SyN solver's stochastic full-resolution level (random cubes per iteration) keeps
     improving a coarse result and stays diffeomorphic."""

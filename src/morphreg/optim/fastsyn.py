@@ -110,6 +110,10 @@ class FastSyN:
         patches: (count, size): full-resolution levels compare the images on ``count`` random cubes
             of ``size`` voxels per iteration (new cubes every iteration) instead of the whole grid.
         seed: of the cube draws.
+
+    ``cube_field_shrink`` (attribute, default None = ``field_shrink``): the velocity grid of cube levels.
+    Brain T1 b->a (`accurate` schedule): 2 instead of 4 gave Dice 0.651 -> 0.656 for 2.1x the level's time
+    (0.658 with 2 mm smoothing, but folded voxels), so the presets leave it at the coarse grid.
     """
 
     def __init__(self, domain: Grid, field_shrink: float = 4.0, smoothing_mm: float = 4.0, steps: int = 6,
@@ -117,6 +121,7 @@ class FastSyN:
                  patches: tuple[int, int] | None = None, seed: int = 0):
         self.domain = domain
         self.patches, self.seed = patches, seed
+        self.cube_field_shrink = None
         self.threads = threads
         self.exact_gradient = exact_gradient
         self.field_shrink, self.smoothing_mm, self.steps, self.symmetric = field_shrink, smoothing_mm, steps, symmetric
@@ -124,9 +129,9 @@ class FastSyN:
         self.velocity: torch.Tensor | None = None
 
     # ----- the field -----
-    def start_level(self, image_grid: Grid) -> None:
+    def start_level(self, image_grid: Grid, field_shrink: float | None = None) -> None:
         # Small images keep >= 32 velocity points along their shortest axis (the shrink is meant for volumes).
-        shrink = min(self.field_shrink, max(1, min(self.domain.size) // 32))
+        shrink = min(field_shrink or self.field_shrink, max(1, min(self.domain.size) // 32))
         finest = self.domain.downsample(shrink) if shrink > 1 else self.domain
         new = image_grid if image_grid.spacing.min() >= finest.spacing.min() * (1 - 1e-6) else finest
         if self.velocity is None:
@@ -186,13 +191,14 @@ class FastSyN:
             f_k = pyramid_level(fixed, level.shrink, level.sigma_mm)
             m_k = pyramid_level(moving, level.shrink, level.sigma_mm)
             g = f_k.grid
-            self.start_level(g)
+            cubes = bool(self.patches) and g.same_as(self.domain)
+            self.start_level(g, self.cube_field_shrink if cubes else None)
             mask = None
             if fixed_mask is not None:
                 mask = (warp(fixed_mask, None, g, "linear").batch() > 0.5).float()
             f, m = f_k.batch(), m_k.batch()
             sampler = None
-            if self.patches and g.same_as(self.domain):
+            if cubes:
                 sampler = PatchSampler(g, foreground(f, mask), *self.patches, seed=self.seed + k)
             torch.set_num_threads(self.threads or (self._caller_threads if sampler is not None else 1))
 
@@ -338,6 +344,7 @@ def fast_svf_model(prior, domain: Grid, params: dict):
                 moving = warp(inputs.moving.float(), self.prior, fixed.grid, "linear")
             solver = FastSyN(domain, self.grid_shrink, self.smoothing_mm, self.steps, self.symmetric, self.exact_gradient,
                              self.threads, self.patches, int(torch.initial_seed()) % (2**31))
+            solver.cube_field_shrink = params.get("cube_field_shrink")
             traces, seconds, initial, final, terms = solver.run(fixed, moving, levels, similarity, sim_params, penalties,
                                                                 optimizer, inputs.fixed_mask, progress, name)
             self.grid, self.param = solver.grid, solver.velocity.detach().clone().requires_grad_(True)
