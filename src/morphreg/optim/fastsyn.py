@@ -110,18 +110,16 @@ class FastSyN:
         patches: (count, size): full-resolution levels compare the images on ``count`` random cubes
             of ``size`` voxels per iteration (new cubes every iteration) instead of the whole grid.
         seed: of the cube draws.
-
-    ``cube_field_shrink`` (attribute, default None = ``field_shrink``): the velocity grid of cube levels.
-    Brain T1 b->a (`accurate` schedule): 2 instead of 4 gave Dice 0.651 -> 0.656 for 2.1x the level's time
-    (0.658 with 2 mm smoothing, but folded voxels), so the presets leave it at the coarse grid.
+        cube_field_shrink: shrink factor of the velocity grid on cube levels (None = ``field_shrink``).
+                    b->a (`accurate` schedule): 2 instead of 4 gave Dice 0.651 -> 0.656 for 2.1x the level's
+            time (0.658 with 2 mm smoothing, but folded voxels), so the presets leave it at None.
     """
 
     def __init__(self, domain: Grid, field_shrink: float = 4.0, smoothing_mm: float = 4.0, steps: int = 6,
                  symmetric: bool = True, exact_gradient: bool = False, threads: int | None = None,
-                 patches: tuple[int, int] | None = None, seed: int = 0):
+                 patches: tuple[int, int] | None = None, seed: int = 0, cube_field_shrink: float | None = None):
         self.domain = domain
-        self.patches, self.seed = patches, seed
-        self.cube_field_shrink = None
+        self.patches, self.seed, self.cube_field_shrink = patches, seed, cube_field_shrink
         self.threads = threads
         self.exact_gradient = exact_gradient
         self.field_shrink, self.smoothing_mm, self.steps, self.symmetric = field_shrink, smoothing_mm, steps, symmetric
@@ -166,7 +164,7 @@ class FastSyN:
     def run(self, fixed: Image, moving: Image, levels, similarity, sim_params: dict, penalties: list,
             optimizer: OptimizerConfig, fixed_mask: Image | None = None, progress=None, name: str = "syn"):
         """Optimise level by level; returns (trace per level, seconds per level, initial, final, terms)."""
-        self._caller_threads = threads = torch.get_num_threads()
+        threads = torch.get_num_threads()
         try:
             # Per level the tensors are small (<= 1/8 of the volume) and the loop runs thousands of short
             # ops: on a shared machine intra-op threads mostly wait on each other (measured up to 10x
@@ -174,11 +172,13 @@ class FastSyN:
             # Cube levels work on larger batches and do gain (brain, 8 cubes of 32^3: 0.23 -> 0.14 s per
             # iteration with 2 threads); _run switches per level.
             torch.set_num_threads(self.threads or 1)
-            return self._run(fixed, moving, levels, similarity, sim_params, penalties, optimizer, fixed_mask, progress, name)
+            return self._run(fixed, moving, levels, similarity, sim_params, penalties, optimizer, fixed_mask, progress, name,
+                             threads)
         finally:
             torch.set_num_threads(threads)
 
-    def _run(self, fixed, moving, levels, similarity, sim_params, penalties, optimizer, fixed_mask, progress, name):
+    def _run(self, fixed, moving, levels, similarity, sim_params, penalties, optimizer, fixed_mask, progress, name,
+             caller_threads: int):
         from morphreg.optim.objective import penalty_function, similarity_function
 
         sim_fn = similarity_function(similarity)
@@ -200,7 +200,7 @@ class FastSyN:
             sampler = None
             if cubes:
                 sampler = PatchSampler(g, foreground(f, mask), *self.patches, seed=self.seed + k)
-            torch.set_num_threads(self.threads or (self._caller_threads if sampler is not None else 1))
+            torch.set_num_threads(self.threads or (caller_threads if sampler is not None else 1))
 
             def compare(v, pts, with_terms: bool = False):
                 """Similarity at world points ``pts`` (1, *out, dim) of the level grid + penalties on v."""
@@ -343,8 +343,7 @@ def fast_svf_model(prior, domain: Grid, params: dict):
             with torch.no_grad():  # the moving image on the fixed grid through the prior, once
                 moving = warp(inputs.moving.float(), self.prior, fixed.grid, "linear")
             solver = FastSyN(domain, self.grid_shrink, self.smoothing_mm, self.steps, self.symmetric, self.exact_gradient,
-                             self.threads, self.patches, int(torch.initial_seed()) % (2**31))
-            solver.cube_field_shrink = params.get("cube_field_shrink")
+                             self.threads, self.patches, int(torch.initial_seed()) % (2**31), params.get("cube_field_shrink"))
             traces, seconds, initial, final, terms = solver.run(fixed, moving, levels, similarity, sim_params, penalties,
                                                                 optimizer, inputs.fixed_mask, progress, name)
             self.grid, self.param = solver.grid, solver.velocity.detach().clone().requires_grad_(True)
