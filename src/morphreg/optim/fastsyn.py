@@ -111,8 +111,8 @@ class FastSyN:
             of ``size`` voxels per iteration (new cubes every iteration) instead of the whole grid.
         seed: of the cube draws.
         cube_field_shrink: shrink factor of the velocity grid on cube levels (None = ``field_shrink``).
-                    b->a (`accurate` schedule): 2 instead of 4 gave Dice 0.651 -> 0.656 for 2.1x the level's
-            time (0.658 with 2 mm smoothing, but folded voxels), so the presets leave it at None.
+            Brain T1 b->a (`accurate` schedule): 2 instead of 4 gave Dice 0.651 -> 0.656 for 2.1x the
+            level's time (0.658 with 2 mm smoothing, but folded voxels), so the presets leave it at None.
     """
 
     def __init__(self, domain: Grid, field_shrink: float = 4.0, smoothing_mm: float = 4.0, steps: int = 6,
