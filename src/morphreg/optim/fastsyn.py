@@ -36,6 +36,7 @@ from morphreg.image.grid import Grid
 from morphreg.image.image import Image
 from morphreg.image.pyramid import pyramid_level
 from morphreg.optim.optimizers import OptimizerConfig, _RelativeStop
+from morphreg.optim.progress import add_progress
 from morphreg.transforms import StationaryVelocityFieldTransform, scaling_and_squaring
 from morphreg.transforms.warp import warp
 
@@ -239,15 +240,13 @@ class FastSyN:
                 fixed_draws = torch.Generator().manual_seed(self.seed + 1000 + k)
                 probe = torch.cat([sampler.draw(fixed_draws) for _ in range(4)], 1)
 
-            task = None
-            if progress is not None:
-                task = progress.add_task(f"{name} level {k + 1}/{len(levels)}", total=level.iterations, metric=float("nan"))
+            callback = add_progress(progress, f"{name} level {k + 1}/{len(levels)}", level.iterations)
             if k == len(levels) - 1:  # the divergence check compares data terms at the last level
                 with torch.no_grad():
                     initial = compare(torch.zeros_like(self.velocity), probe, True)[1]["similarity"]
             # Steps in mm shrink with the level's voxels (ANTs' gradient step is in voxels of each level).
             scale = level.shrink / max(levels[0].shrink, 1e-6)
-            trace = self._adam(objective, level.iterations, optimizer, progress, task, scale, stochastic=sampler is not None)
+            trace = self._adam(objective, level.iterations, optimizer, callback, scale, stochastic=sampler is not None)
             with torch.no_grad():
                 _, terms = compare(self.smoothed(), probe, True)
             final = terms["similarity"]
@@ -255,7 +254,7 @@ class FastSyN:
             seconds.append(time.perf_counter() - t0)
         return traces, seconds, initial, final, terms
 
-    def _adam(self, objective, iterations: int, config: OptimizerConfig, progress, task, scale: float = 1.0,
+    def _adam(self, objective, iterations: int, config: OptimizerConfig, callback, scale: float = 1.0,
               stochastic: bool = False) -> list[float]:
         """Adam on the velocity; keeps the best iterate, or with ``stochastic`` (values of different
         samples are not comparable) runs every iteration and keeps the last."""
@@ -273,8 +272,7 @@ class FastSyN:
             loss.backward()
             value = float(loss.detach())
             trace.append(value)
-            if progress is not None:
-                progress.update(task, completed=i + 1, metric=value)
+            callback(i + 1, value)
             if not stochastic:
                 if value < best:
                     best, best_v = value, self.velocity.detach().clone()

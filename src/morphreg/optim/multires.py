@@ -20,6 +20,7 @@ from morphreg.image.image import Image
 from morphreg.optim.models import StageModel, resample_field
 from morphreg.optim.objective import LevelData, Objective, PenaltyTerm
 from morphreg.optim.optimizers import OptimizerConfig, minimize
+from morphreg.optim.progress import add_progress
 from morphreg.transforms.warp import warp
 
 
@@ -151,18 +152,10 @@ def run_stage(
         if k > 0:
             model.start_level(fixed_pyr[k].grid)
         objective = objective_at(k, True)
-        task = None
-        if progress is not None:
-            task = progress.add_task(f"{name} level {k + 1}/{len(levels)}", total=level.iterations, metric=float("nan"))
-
-        def callback(i, value, task=task):
-            if progress is not None:
-                progress.update(task, completed=i, metric=value)
-
+        callback = add_progress(progress, f"{name} level {k + 1}/{len(levels)}", level.iterations)
         fn = (lambda sample_fraction=None, generator=None: objective(model, sample_fraction, generator))
         trace = minimize(fn, model.parameters(), model.scales(), level.iterations, optimizer, callback, generator)
-        if progress is not None:
-            progress.update(task, completed=level.iterations)
+        callback(level.iterations, trace[-1] if trace else math.nan)  # early stops fill the bar
         traces.append(trace)
         seconds.append(time.perf_counter() - t0)
     final = math.nan

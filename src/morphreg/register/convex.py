@@ -36,7 +36,8 @@ from morphreg.metrics.mind import mind_ssc
 from morphreg.optim.models import DenseModel, resample_field
 from morphreg.optim.multires import run_stage
 from morphreg.optim.optimizers import OptimizerConfig
-from morphreg.register.solvers import SolverOutcome, add_progress, level_grid_points, overlap_mask, prior_points
+from morphreg.optim.progress import add_progress
+from morphreg.register.solvers import SolverOutcome, level_grid_points, overlap_mask, prior_points
 from morphreg.transforms import DisplacementFieldTransform, Transform
 from morphreg.transforms.warp import warp_points
 

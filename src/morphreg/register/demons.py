@@ -46,7 +46,8 @@ from morphreg.metrics.intensity import local_moments
 from morphreg.metrics.mind import mind_ssc
 from morphreg.optim.models import resample_field
 from morphreg.optim.multires import level_data, pyramid
-from morphreg.register.solvers import SolverOutcome, add_progress, level_grid_points, overlap_mask, prior_points
+from morphreg.optim.progress import add_progress
+from morphreg.register.solvers import SolverOutcome, level_grid_points, overlap_mask, prior_points
 from morphreg.transforms import DisplacementFieldTransform, StationaryVelocityFieldTransform, Transform
 from morphreg.transforms.dense import sample_field, scaling_and_squaring
 from morphreg.transforms.warp import warp_points

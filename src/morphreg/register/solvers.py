@@ -8,7 +8,6 @@ whether it diverged - then the driver keeps the previous transform).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -44,14 +43,6 @@ def overlap_mask(moving: Image, points: torch.Tensor, moving_mask: Image | None,
         if fixed_mask is not None:
             w = w * fixed_mask
         return (w > 0.5).float()
-
-
-def add_progress(progress, name: str, total: int) -> Callable[[int, float], None]:
-    """A callback(iteration, value) updating a rich progress task (no-op without progress)."""
-    if progress is None:
-        return lambda i, value: None
-    task = progress.add_task(name, total=total, metric=float("nan"))
-    return lambda i, value: progress.update(task, completed=i, metric=value)
 
 
 def level_grid_points(grid: Grid) -> torch.Tensor:
