@@ -72,8 +72,29 @@ def main() -> None:
             ratio_rows.append([rec["direction"], rec["tool"], rec["seconds"] / ref["seconds"], rec["dice"] - ref["dice"]])
     if ratio_rows:
         print(markdown(["pair", "tool", "time / ANTs time", "Dice - ANTs Dice"], ratio_rows))
+    split = time_split(records)
+    if split:
+        print()
+        print(markdown(["pair", "tool", "whole call s", "inputs s", "linear stages s", "deformable s", "final warp s",
+                        "start + writing s", "all but deformable s", "all but deformable / ANTs"], split))
     if args.json:
         args.json.write_text(json.dumps(records, indent=2, default=str), encoding="utf-8")
+
+
+def time_split(records: list[dict]) -> list[list]:
+    """Where a morphreg CLI call spends its time (summary.json timings; the rest of the wall time is
+    process start and writing), and the cost of everything but the deformable stage against ANTs."""
+    rows = []
+    for rec in records:
+        t = rec.get("timings") or {}
+        if not t.get("stages_s"):
+            continue
+        ref = next((r for r in records if r["tool"] == "ants" and r["direction"] == rec["direction"]), None)
+        fixed_cost = rec["seconds"] - t["stages_s"][-1]
+        rows.append([rec["direction"], rec["tool"], rec["seconds"], t["io_s"], sum(t["stages_s"][:-1]), t["stages_s"][-1],
+                     t["warp_s"], rec["seconds"] - t["total_s"], fixed_cost,
+                     fixed_cost / ref["seconds"] if ref else float("nan")])
+    return rows
 
 
 if __name__ == "__main__":

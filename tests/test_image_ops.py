@@ -1,6 +1,7 @@
 """Images: geometry and I/O against SimpleITK, intensity helpers, filters, pyramids, resampling."""
 from __future__ import annotations
 
+import gzip
 import time
 from pathlib import Path
 
@@ -94,6 +95,22 @@ def test_multichannel_round_trip(tmp_path, oblique_grid, smooth_image):
     assert back.channels == 2
     torch.testing.assert_close(back.data, image.data)
 
+
+
+def test_uncompressed_nii_gz_is_a_stored_gzip_stream(tmp_path, oblique_grid, smooth_image):
+    """compress=False on .nii.gz: a gzip file (readable as such) whose payload is not deflated."""
+    image = smooth_image(oblique_grid(3), channels=3)
+    packed, stored = tmp_path / "packed.nii.gz", tmp_path / "stored.nii.gz"
+    write_image(image, packed)
+    write_image(image, stored, compress=False)
+    raw = gzip.decompress(stored.read_bytes())
+    assert stored.read_bytes()[:2] == b"\x1f\x8b" and stored.stat().st_size > len(raw)  # stored blocks only
+    assert raw == gzip.decompress(packed.read_bytes())  # the same NIfTI inside
+    back = sitk.ReadImage(str(stored))  # SimpleITK reads it directly
+    assert back.GetNumberOfComponentsPerPixel() == 3
+    torch.testing.assert_close(read_image(stored).data, image.data)
+    np.testing.assert_allclose(read_image(stored).grid.direction, image.grid.direction, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["packed.nii.gz", "stored.nii.gz"]  # no temp files
 
 def _write_dicom_series(volume: sitk.Image, folder: Path) -> None:
     """One file per slice with the tags a DICOM reader needs to rebuild the geometry."""

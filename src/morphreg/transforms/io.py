@@ -49,7 +49,7 @@ def save_transform(t: Transform, path, grid: Grid | None = None) -> Path:
         if grid is None:
             raise MorphregError("a displacement-field file needs a reference grid for this transform", path)
         field = t.displacement(grid, dtype=torch.float64).detach()[0]
-        write_image(Image(field.float(), grid), path)
+        write_image(Image(field.float(), grid), path, compress=False)  # float fields barely deflate
     else:
         raise MorphregError(f"unknown transform file type {suffix!r} (use .pt, {', '.join(ITK_SUFFIXES)} or a displacement image)", path)
     return path
