@@ -96,7 +96,6 @@ def test_multichannel_round_trip(tmp_path, oblique_grid, smooth_image):
     torch.testing.assert_close(back.data, image.data)
 
 
-
 def test_uncompressed_nii_gz_is_a_stored_gzip_stream(tmp_path, oblique_grid, smooth_image):
     """compress=False on .nii.gz: a gzip file (readable as such) whose payload is not deflated."""
     image = smooth_image(oblique_grid(3), channels=3)
@@ -111,6 +110,7 @@ def test_uncompressed_nii_gz_is_a_stored_gzip_stream(tmp_path, oblique_grid, smo
     torch.testing.assert_close(read_image(stored).data, image.data)
     np.testing.assert_allclose(read_image(stored).grid.direction, image.grid.direction, atol=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["packed.nii.gz", "stored.nii.gz"]  # no temp files
+
 
 def _write_dicom_series(volume: sitk.Image, folder: Path) -> None:
     """One file per slice with the tags a DICOM reader needs to rebuild the geometry."""
