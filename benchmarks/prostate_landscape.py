@@ -38,8 +38,9 @@ def shift_grid(range_mm: float, step_mm: float) -> np.ndarray:
     return np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3)
 
 
-def landscape(fixed, moving, mask, shifts: np.ndarray, metrics: list[str], chunk: int = 64) -> dict[str, np.ndarray]:
-    """Loss of each metric (lower = better) for the moving image shifted by each translation (mm)."""
+def landscape(fixed, moving, mask: torch.Tensor | None, shifts: np.ndarray, metrics: list[str], chunk: int = 64) -> dict[str, np.ndarray]:
+    """Loss of each metric (lower = better) for the moving image shifted by each translation (mm);
+    ``mask`` (1, 1, *fixed shape) or None weights the fixed voxels."""
     import torch
 
     from morphreg.metrics import similarity_loss
@@ -47,14 +48,14 @@ def landscape(fixed, moving, mask, shifts: np.ndarray, metrics: list[str], chunk
 
     pts = fixed.grid.points(dtype=torch.float32)
     f = fixed.data[None].float()
-    m = mask.data[None].float()
+    m = None if mask is None else mask.float()
+    losses = {name: similarity_loss(name) for name in metrics}
     out = {name: [] for name in metrics}
     for part in torch.as_tensor(shifts, dtype=torch.float32).split(chunk):
         moved = pts[None] + part.view(-1, *([1] * fixed.dim), fixed.dim)  # (S, *shape, dim)
         flat = moved.reshape(1, -1, *moved.shape[2:])
         warped = warp_points(moving, flat)[0].reshape(moving.channels, len(part), *pts.shape[:-1]).transpose(0, 1)
-        for name in metrics:
-            loss = similarity_loss(name)
+        for name, loss in losses.items():
             out[name] += [float(loss(f, warped[s:s + 1], m)) for s in range(len(part))]
     return {name: np.asarray(v) for name, v in out.items()}
 
@@ -66,13 +67,15 @@ def pair_inputs(root: Path, i: int, roi: float, shrink: int, sigma_mm: float):
     from morphreg.evaluate.landmarks import label_centroids
     from morphreg.image.io import read_image
     from morphreg.image.pyramid import pyramid_level
-    from morphreg.register.api import central_region, field_of_view_mask
+    from morphreg.optim.multires import StageInputs, level_data
+    from morphreg.register.api import field_of_view_region
 
     name = f"obs{i:03d}.nii.gz"
-    fixed = pyramid_level(read_image(root / "fixed_images" / name, dtype=torch.float32), shrink, sigma_mm)
+    full = read_image(root / "fixed_images" / name, dtype=torch.float32)
+    fixed = pyramid_level(full, shrink, sigma_mm)
     moving = pyramid_level(read_image(root / "moving_images" / name, dtype=torch.float32), 1, sigma_mm)
-    fov, central = field_of_view_mask(fixed), central_region(fixed.grid, roi)
-    mask = central if fov is None else fov.with_data(fov.data * central.data)
+    # The stage's mask: made on the full-resolution TRUS, taken to the level grid by the engine.
+    mask = level_data(StageInputs(full, moving, field_of_view_region(full, roi)), fixed, moving).fixed_mask
     fc = label_centroids(read_image(root / "fixed_labels" / name))
     mc = label_centroids(read_image(root / "moving_labels" / name))
     # Channels correspond one to one; a channel empty in either image is left out (NaN centroid).

@@ -447,19 +447,24 @@ def central_region(grid, fraction: float) -> Image:
     return Image(inside.float()[None], grid)
 
 
+def field_of_view_region(fixed: Image, roi: float | None = None) -> Image | None:
+    """Where a ``fov_mask`` stage compares the images: the fixed image's field of view (e.g. the
+    ultrasound cone, whose border is an acquisition edge, not anatomy), with ``roi`` only its central
+    region (:func:`central_region`); None when neither applies."""
+    fov = field_of_view_mask(fixed)
+    if not roi:
+        return fov
+    central = central_region(fixed.grid, float(roi))
+    return central if fov is None else fov.with_data(fov.data * central.data)
+
+
 def _stage_inputs(inputs: StageInputs, stage: dict) -> StageInputs:
     """The stage's inputs: the fixed field-of-view mask when ``fov_mask`` is set and no fixed mask was
     given; the one-hot labels Gaussian-smoothed by ``label_sigma_mm`` when set (a soft
     Dice on blurred masks has a wide capture range and pulls the whole outline, not just its edge)."""
     if stage.get("fov_mask") and inputs.fixed_mask is None:
-        # Similarity only inside the fixed image's field of view (e.g. the ultrasound cone), whose
-        # border is an acquisition edge, not anatomy; optionally only in its central region.
-        fov = field_of_view_mask(inputs.fixed)
         roi = stage["fov_mask"].get("roi") if isinstance(stage["fov_mask"], dict) else None
-        if roi:
-            central = central_region(inputs.fixed.grid, float(roi))
-            fov = central if fov is None else fov.with_data(fov.data * central.data)
-        inputs = dataclasses.replace(inputs, fixed_mask=fov)
+        inputs = dataclasses.replace(inputs, fixed_mask=field_of_view_region(inputs.fixed, roi))
     sigma = float(stage.get("label_sigma_mm") or 0.0)
     if not sigma or inputs.fixed_labels is None:
         return inputs
