@@ -270,7 +270,9 @@ def test_save_writes_itk_outputs(tmp_path):
     r = register(f, m, "syn", levels=[[2, None, 30], [1, 0.0, 15]])
     out = r.save(tmp_path / "out")
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["displacement.nii.gz", "inverse_displacement.nii.gz", "summary.json", "transform.h5", "warped.nii.gz"]
+    assert names == [".morphreg.json", "displacement.nii.gz", "inverse_displacement.nii.gz", "summary.json", "transform.h5",
+                     "warped.nii.gz"]
+    assert sorted(json.loads((out / ".morphreg.json").read_text(encoding="utf-8"))["files"]) == names[1:]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["fixed"] == str(f) and summary["moving"] == str(m) and summary["preset"] == "syn"
     assert summary["folding_percent"] == 0.0 and len(summary["timings"]["stages_s"]) == 3

@@ -11,9 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from morphreg.core.files import atomic_dir
+from morphreg.core.files import check_output_file, output_folder
 from morphreg.errors import MorphregError
-from morphreg.image.io import read_image, write_image
+from morphreg.image.io import nonfinite_voxels, read_image, write_image
 from morphreg.transforms.io import load_transform
 from morphreg.transforms.warp import warp
 
@@ -39,8 +39,9 @@ def info_cmd(image: Path = typer.Argument(..., help="Image file (NIfTI, MHA/MHD,
     table.add_row("direction", "\n".join(" ".join(f"{v:+.4f}" for v in row) for row in img.direction))
     table.add_row("extent (mm)", ", ".join(f"{v:.4g}" for v in img.grid.extent))
     finite = torch.isfinite(data) if data.is_floating_point() else torch.ones_like(data, dtype=torch.bool)
-    if (~finite).any():
-        table.add_row("[red]non-finite voxels[/]", str(int((~finite).sum())))
+    nonfinite = nonfinite_voxels(image, img)
+    if nonfinite:
+        table.add_row("[red]non-finite voxels[/]", f"{nonfinite} (NaN/inf{', read as 0' if bool(finite.all()) else ''})")
     vals = data[finite].double()
     table.add_row("intensity", f"min {vals.min():.6g}, max {vals.max():.6g}, mean {vals.mean():.6g}")
     if img.is_label:
@@ -59,6 +60,7 @@ def apply_cmd(
     fill_value: float = typer.Option(0.0, "--fill-value", help="Value outside the moving image."),
 ) -> None:
     """Resample IMAGE onto the REFERENCE grid through TRANSFORM (backward mapping, world mm)."""
+    check_output_file(output, [transform, image, reference])
     moving = read_image(image)
     ref = read_image(reference, check_finite=False)
     t = load_transform(transform)
@@ -69,7 +71,7 @@ def apply_cmd(
     start = time.perf_counter()
     with torch.no_grad():
         out = warp(moving, t, ref.grid, interpolation.value if interpolation else None, fill_value)
-    write_image(out, output)
+    write_image(out, output, inputs=[transform, image, reference])
     console.print(f"wrote {output} ({' x '.join(map(str, ref.grid.size))}) in {time.perf_counter() - start:.2f} s")
 
 
@@ -86,6 +88,8 @@ def demo_cmd(
     full: bool = typer.Option(False, "--full", help="Use the preset's own iteration schedule (default: a short "
                               "one, so the demo takes well under a minute)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder that is not a morphreg "
+                                   "result (files of the same name are replaced, the others kept)."),
 ) -> None:
     """Make a synthetic phantom pair with a known rigid + smooth deformation, register it with the
     default method, and show how well the known transform was recovered."""
@@ -97,34 +101,35 @@ def demo_cmd(
         raise MorphregError(f"--dim must be 2 or 3, got {dim}")
     if size < 16:
         raise MorphregError(f"--size must be at least 16 voxels, got {size}")
-    torch.manual_seed(seed)
-    pair = make_phantom_pair(dim=dim, size=size, spacing=48.0 / size, seed=seed)  # a 48 mm phantom at any size
-    start = time.perf_counter()
-    overrides = {} if full else {"levels": DEMO_LEVELS}
-    result = register(pair.fixed, pair.moving, preset, seed=seed, progress=not quiet, **overrides)
-    elapsed = time.perf_counter() - start
-    grid = pair.fixed.grid
-    with torch.no_grad():
-        # Recovery error inside the body: at the grid edge the known field is cut off (identity outside).
-        body = pair.fixed_labels.data[0] > 0
-        x = grid.points()[body]
-        truth = pair.true_transform.points(x)
-        epe = (result.transform.points(x) - truth).norm(dim=-1)
-        epe0 = (x - truth).norm(dim=-1)
-        warped_labels = warp(pair.moving_labels, result.transform, grid, "label")
-    fl, ml, wl = (im.data[0].numpy() for im in (pair.fixed_labels, pair.moving_labels, warped_labels))
-    values = [v for v in np.unique(fl) if v != 0]
-    dice_before = float(np.mean([dice(fl == v, ml == v) for v in values]))
-    dice_after = float(np.mean([dice(fl == v, wl == v) for v in values]))
-    with atomic_dir(output) as tmp:
-        write_image(pair.fixed, tmp / "fixed.nii.gz")
-        write_image(pair.moving, tmp / "moving.nii.gz")
-        write_image(pair.fixed_labels, tmp / "fixed_labels.nii.gz")
-        write_image(pair.moving_labels, tmp / "moving_labels.nii.gz")
-        pair.true_transform.save(tmp / "true_transform.pt")
-        pair.true_transform.save(tmp / "true_transform.h5")
-        result.save(tmp / "result")
-        write_image(warped_labels, tmp / "result" / "warped_labels.nii.gz")
+    with output_folder(output, overwrite=overwrite) as folder:  # checked and locked before the work starts
+        torch.manual_seed(seed)
+        pair = make_phantom_pair(dim=dim, size=size, spacing=48.0 / size, seed=seed)  # a 48 mm phantom at any size
+        start = time.perf_counter()
+        overrides = {} if full else {"levels": DEMO_LEVELS}
+        result = register(pair.fixed, pair.moving, preset, seed=seed, progress=not quiet, **overrides)
+        elapsed = time.perf_counter() - start
+        grid = pair.fixed.grid
+        with torch.no_grad():
+            # Recovery error inside the body: at the grid edge the known field is cut off (identity outside).
+            body = pair.fixed_labels.data[0] > 0
+            x = grid.points()[body]
+            truth = pair.true_transform.points(x)
+            epe = (result.transform.points(x) - truth).norm(dim=-1)
+            epe0 = (x - truth).norm(dim=-1)
+            warped_labels = warp(pair.moving_labels, result.transform, grid, "label")
+        fl, ml, wl = (im.data[0].numpy() for im in (pair.fixed_labels, pair.moving_labels, warped_labels))
+        values = [v for v in np.unique(fl) if v != 0]
+        dice_before = float(np.mean([dice(fl == v, ml == v) for v in values]))
+        dice_after = float(np.mean([dice(fl == v, wl == v) for v in values]))
+        write_image(pair.fixed, folder / "fixed.nii.gz")
+        write_image(pair.moving, folder / "moving.nii.gz")
+        write_image(pair.fixed_labels, folder / "fixed_labels.nii.gz")
+        write_image(pair.moving_labels, folder / "moving_labels.nii.gz")
+        pair.true_transform.save(folder / "true_transform.pt")
+        pair.true_transform.save(folder / "true_transform.h5")
+        (folder / "result").mkdir()
+        result.write(folder / "result")
+        write_image(warped_labels, folder / "result" / "warped_labels.nii.gz")
     voxel = float(np.mean(grid.spacing))
     table = Table(title=f"morphreg demo: {dim}D phantom {size}^{dim} ({voxel:g} mm voxels), known rigid + smooth "
                         f"deformation, preset {result.preset!r}")

@@ -35,10 +35,15 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate a registration with measures independent of the method: Dice/Jaccard, surface
     distances (HD, HD95, HD99, ASSD in mm), landmark TRE, det J / folding / SDlogJ."""
+    from morphreg.core.files import check_output_file
     from morphreg.evaluate import evaluate_registration, read_landmarks, write_metrics
     from morphreg.image.io import read_image
     from morphreg.transforms.io import load_transform
 
+    inputs = dict(transform=transform, fixed_labels=fixed_labels, moving_labels=moving_labels, reference=reference,
+                  fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, mask=mask, inverse=inverse,
+                  fixed=fixed, moving=moving)
+    check_output_file(output, inputs.values())
     t = load_transform(transform)
     fl = read_image(fixed_labels) if fixed_labels else None
     ml = read_image(moving_labels) if moving_labels else None
@@ -55,9 +60,7 @@ def evaluate_cmd(
         mask=read_image(mask) if mask else None, inverse=load_transform(inverse) if inverse else None,
         fixed=fixed_img, moving=read_image(moving) if moving else None,
         resample=not no_resample, interpolation=interpolation.value)
-    metrics["inputs"] = {k: str(v) for k, v in dict(transform=transform, fixed_labels=fixed_labels, moving_labels=moving_labels,
-                                                     reference=reference, fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks,
-                                                     mask=mask, inverse=inverse, fixed=fixed, moving=moving).items() if v}
+    metrics["inputs"] = {k: str(v) for k, v in inputs.items() if v}
     write_metrics(metrics, output)
     _print_summary(metrics)
     console.print(f"wrote {output}")
@@ -86,9 +89,12 @@ def compare_cmd(
     json_out: Path = typer.Option(None, "--json", help="Summaries and tests as JSON."),
 ) -> None:
     """Compare methods: median [IQR]; mean ± std per metric, paired Wilcoxon test against the first."""
-    from morphreg.core.files import atomic_path
+    from morphreg.core.files import atomic_path, check_output_file
     from morphreg.evaluate.stats import case_table, compare, comparison_markdown, load_cases, write_csv, write_json
 
+    for out in (output, csv_out, json_out):
+        if out is not None:
+            check_output_file(out, inputs)
     methods: dict[str, dict] = {}
     for path in inputs:
         name = (path.name if path.is_dir() else path.parent.name) or path.stem
@@ -117,7 +123,9 @@ def report_cmd(
     output: Path = typer.Option(..., "--output", "-o", help="HTML file to write (self-contained)."),
 ) -> None:
     """Write one self-contained HTML page (pictures embedded) for a registration result."""
+    from morphreg.core.files import check_output_file
     from morphreg.report import build_report
 
+    check_output_file(output, [p for p in result_dir.glob("*") if p.is_file()] if result_dir.is_dir() else [result_dir])
     build_report(result_dir, output)
     console.print(f"wrote {output}")

@@ -6,7 +6,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from morphreg.errors import MorphregError
 
 console = Console()
 
@@ -14,7 +13,10 @@ console = Console()
 def register_cmd(
     fixed: Path = typer.Argument(..., help="Fixed (reference) image."),
     moving: Path = typer.Argument(..., help="Moving image, registered onto the fixed one."),
-    output: Path = typer.Option(..., "-o", "--output", help="Output folder (written atomically)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder, written only once complete. It must be new, "
+                                "empty or a previous morphreg result (then replaced); never one holding an input."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder that is not a morphreg "
+                                   "result: files of the same name are replaced, the others kept."),
     preset: str = typer.Option("default", "--preset", "-p",
                                help="rigid | affine | bspline | syn | demons | convex | tps | rigidity | multimodal | labels | "
                                     "default (affine then SyN for same-modality pairs; 'multimodal' for different "
@@ -38,25 +40,31 @@ def register_cmd(
 ) -> None:
     """Register MOVING onto FIXED; OUT gets warped.nii.gz, transform.h5, displacement.nii.gz,
     inverse_displacement.nii.gz (when the method has an inverse) and summary.json."""
+    from morphreg.core.files import output_folder
     from morphreg.register import register
 
-    if output.exists() and not output.is_dir():
-        raise MorphregError("output exists and is not a folder", output)
-    result = register(
-        fixed, moving, preset, fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_labels=fixed_labels,
-        moving_labels=moving_labels, label_weight=label_weight, fixed_landmarks=fixed_landmarks,
-        moving_landmarks=moving_landmarks, rigidity_mask=rigidity_mask, metric=metric, modality=modality,
-        device=device, seed=seed, progress=not quiet,
-    )
-    result.save(output)
-    if report:
-        _write_report(output, result, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks)
+    inputs = [fixed, moving, fixed_mask, moving_mask, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks,
+              rigidity_mask]
+    with output_folder(output, inputs, overwrite) as folder:  # checked and locked before the work starts
+        result = register(
+            fixed, moving, preset, fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_labels=fixed_labels,
+            moving_labels=moving_labels, label_weight=label_weight, fixed_landmarks=fixed_landmarks,
+            moving_landmarks=moving_landmarks, rigidity_mask=rigidity_mask, metric=metric, modality=modality,
+            device=device, seed=seed, progress=not quiet,
+        )
+        result.write(folder)
+        if report:
+            _write_report(folder, result, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     t = result.timings
     diverged = [f"{s['index']}:{s['model']}" for s in result.stages if s.get("diverged")]
     console.print(f"[bold]{result.preset}[/] ({result.modality}modal) -> {output}  "
                   f"final metric {result.final_metric if result.final_metric is None else f'{result.final_metric:.5g}'}, "
                   f"folding {result.folding_percent:.3f} %, {t['total_s']:.1f} s"
                   + (f"; discarded diverging stage(s) {', '.join(diverged)}" if diverged else ""), highlight=False)
+    if report:
+        console.print(f"report: {output / 'report.html'}", highlight=False)
 
 
 def _write_report(output: Path, result, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks) -> None:
@@ -77,5 +85,4 @@ def _write_report(output: Path, result, fixed_labels, moving_labels, fixed_landm
             inverse=result.inverse, fixed=result.fixed, moving=result.moving,
         )
         write_metrics(metrics, output / "metrics.json")
-    path = build_report(output, output / "report.html")
-    console.print(f"report: {path}", highlight=False)
+    build_report(output, output / "report.html")

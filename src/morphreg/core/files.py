@@ -1,12 +1,105 @@
-"""Atomic output: write to a temporary sibling, then rename, so no half-written file is ever left."""
+"""Outputs that never destroy a user's data.
+
+Every output is written under a temporary name beside its target and renamed into place only once it
+is complete, so a crash, an error or a signal leaves the previous state untouched. On top of that:
+
+- an output is never one of the inputs, and an output folder never holds one;
+- an output folder is replaced only when it is empty or a previous morphreg result (its manifest
+  ``.morphreg.json`` lists every file in it); any other non-empty folder is refused unless
+  ``overwrite`` is given, and then only the files of the same name are replaced;
+- one run at a time writes an output folder (a lock beside it; a second run is refused at once);
+- outputs get the permissions the umask gives ordinary files (temporary files are created 0600).
+
+File-system failures (read-only folder, a parent that is a file, ...) become one-line
+:class:`MorphregError` messages naming the path.
+"""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from morphreg.errors import MorphregError
+
+MANIFEST = ".morphreg.json"
+# What a result folder held before manifests existed (recognised by its summary.json).
+LEGACY_RESULT_FILES = frozenset({"warped.nii.gz", "transform.h5", "displacement.nii.gz", "inverse_displacement.nii.gz",
+                                 "summary.json", "report.html", "metrics.json"})
+TEMP_TAG = "morphreg-"
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once: os.umask can only be read by setting it, which would race with writer threads.
+UMASK = _read_umask()
+
+
+def normal_permissions(path: Path, directory: bool = False) -> None:
+    """The mode an ordinary ``open``/``mkdir`` would give under the umask (0644 / 0755 for umask 022)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
+
+
+@contextlib.contextmanager
+def filesystem_errors(path: str | Path) -> Iterator[None]:
+    """Turn OSError (permission, read-only, not a folder, disk full) into a MorphregError naming the path."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename if exc.filename and TEMP_TAG not in str(exc.filename) else path
+        raise MorphregError(f"cannot write: {exc.strerror or exc}", where) from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_input(output: str | Path, inputs: Iterable = ()) -> None:
+    """Refuse an output that is one of ``inputs`` (also through links) or a folder that holds one."""
+    out = Path(output).resolve()
+    for item in inputs:
+        if not isinstance(item, (str, Path)):
+            continue
+        src = Path(item).resolve()
+        if src == out or _same_file(src, out):
+            raise MorphregError(f"output is the input {item}: morphreg never writes over an input", output)
+        if out in src.parents:
+            raise MorphregError(f"output folder holds the input {item}: choose another folder", output)
+
+
+def _check_parent(path: Path) -> None:
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MorphregError(f"cannot write: {parent} is a file, not a folder", path)
+            return
+
+
+def check_output_file(path: str | Path, inputs: Iterable = ()) -> Path:
+    """Check, before any work, that ``path`` can be an output file: not an input, not a folder,
+    its parent a folder (created if missing)."""
+    path = Path(path)
+    check_not_input(path, inputs)
+    if path.is_dir():
+        raise MorphregError("output is a folder; give a file name", path)
+    _check_parent(path)
+    with filesystem_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK):
+        raise MorphregError("cannot write: the folder is not writable", path.parent)
+    return path
 
 
 def _suffixes(path: Path) -> str:
@@ -15,32 +108,185 @@ def _suffixes(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{_suffixes(path)}", dir=path.parent)
+def atomic_path(path: str | Path, inputs: Iterable = ()) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds.
+
+    ``path`` must not be one of ``inputs``; an existing file of that name is replaced (as
+    SimpleITK, ANTs and elastix do), an existing folder is refused.
+    """
+    path = check_output_file(path, inputs)
+    with filesystem_errors(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{TEMP_TAG}", suffix=f".tmp{_suffixes(path)}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
+        with filesystem_errors(path):
+            normal_permissions(tmp_path)
+            os.replace(tmp_path, path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        tmp_path.unlink(missing_ok=True)
+
+
+# ----- output folders ---------------------------------------------------------------------------------
+def _entries(folder: Path) -> set[str]:
+    """Relative paths of every file and folder under ``folder``."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+
+
+def _written_by_morphreg(folder: Path) -> set[str] | None:
+    """The entries a previous morphreg run wrote into ``folder`` (files and their folders), or None
+    when the folder has no manifest and is not a result of an earlier version."""
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        try:
+            files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        except (ValueError, KeyError, TypeError, OSError):
+            return None
+        written = {MANIFEST}
+        for f in files:
+            parts = Path(f).parts
+            written |= {"/".join(parts[: k + 1]) for k in range(len(parts))}
+        return written
+    if (folder / "summary.json").is_file():
+        return set(LEGACY_RESULT_FILES)
+    return None
+
+
+def _replace_mode(path: Path, overwrite: bool) -> str:
+    """"new" (absent or empty), "replace" (a previous result, all of it written by morphreg) or
+    "merge" (other files, with ``overwrite``); refuses anything else."""
+    if not path.exists():
+        return "new"
+    if not path.is_dir():
+        raise MorphregError("output exists and is not a folder", path)
+    entries = _entries(path)
+    if not entries:
+        return "new"
+    written = _written_by_morphreg(path)
+    if written is not None and entries <= written:
+        return "replace"
+    if overwrite:
+        return "merge"
+    foreign = sorted(entries - (written or set()))
+    raise MorphregError(
+        f"output folder is not empty and not a morphreg result ({len(foreign)} other entries, e.g. {foreign[0]!r}); "
+        "choose another folder, or pass --overwrite to replace only the files of the same name", path)
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder; it replaces ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while a result is moved into place (a few renames), so it is never half moved."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        yield
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextlib.contextmanager
+def _folder_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on writing ``path``; a second run is refused at once. The lock file
+    (``.<name>.morphreg.lock`` beside it) is removed on release."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    lock_path = path.parent / f".{path.name}.{TEMP_TAG}lock"
+    while True:
+        with filesystem_errors(path.parent):
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MorphregError("another morphreg run is writing this output folder; wait for it or choose another",
+                                path) from None
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the run that held it removed the file meanwhile: lock the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+        os.close(fd)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary folders of earlier runs into ``path`` that were killed (SIGKILL, power loss). Only
+    called under the lock, so no live run is writing them."""
+    prefix = f".{path.name}.{TEMP_TAG}"
+    for stale in path.parent.iterdir():
+        if stale.name.startswith(prefix) and stale.name.endswith(".tmp") and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _write_manifest(folder: Path) -> None:
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    (folder / MANIFEST).write_text(json.dumps({"written_by": "morphreg", "files": files}, indent=1), encoding="utf-8")
+
+
+def _normalise_permissions(folder: Path) -> None:
+    normal_permissions(folder, directory=True)
+    for p in folder.rglob("*"):
+        if not p.is_symlink():
+            normal_permissions(p, directory=p.is_dir())
+
+
+def _publish(tmp: Path, path: Path, mode: str) -> None:
+    if mode == "new":
+        os.replace(tmp, path)  # onto an absent or empty folder
+    elif mode == "replace":
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{TEMP_TAG}old-", suffix=".tmp", dir=path.parent))
+        os.replace(path, old / "result")
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:  # merge: the new files over the old ones; the old result's own files that are gone are removed
+        previous = _written_by_morphreg(path) or set()
+        new = {p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()}
+        for rel in sorted(new):
+            (path / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, path / rel)
+        for rel in sorted(previous - new - {MANIFEST}):
+            if (path / rel).is_file():
+                (path / rel).unlink()
+
+
+@contextlib.contextmanager
+def output_folder(path: str | Path, inputs: Iterable = (), overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; when the block succeeds it becomes ``path``.
+
+    Checked before the block runs (so a long computation is not wasted): ``path`` is not an input
+    and holds none, it is absent, empty or a previous morphreg result (else refused unless
+    ``overwrite``), and no other run writes it. A previous result is replaced only once the new one
+    is complete; on an error or a signal nothing changes and the temporary folder is removed.
+    """
+    path = Path(path)
+    inputs = list(inputs)
+    check_not_input(path, inputs)
+    _check_parent(path)
+    with filesystem_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    _replace_mode(path, overwrite)
+    with _folder_lock(path):
+        _remove_stale_temporaries(path)
+        with filesystem_errors(path.parent):
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{TEMP_TAG}", suffix=".tmp", dir=path.parent))
+        try:
+            yield tmp
+            with filesystem_errors(path):
+                _write_manifest(tmp)
+                _normalise_permissions(tmp)
+                with _signals_deferred():
+                    _publish(tmp, path, _replace_mode(path, overwrite))  # again: the folder may have changed
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)

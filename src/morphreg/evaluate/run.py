@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from morphreg.core.files import atomic_path
+from morphreg.image.labels import shared_labels
 from morphreg.image.grid import Grid
 from morphreg.image.image import Image
 from morphreg.transforms.base import Transform
@@ -83,6 +84,7 @@ def evaluate_registration(
         raise MorphregError("no reference grid: give fixed labels, a fixed image or --reference")
     out: dict = {"morphreg_metrics": METRICS_VERSION, "reference_grid": _grid_dict(ref)}
     if fixed_labels is not None and moving_labels is not None:
+        shared_labels(fixed_labels, moving_labels)  # a map against a stack, or unequal stacks: refused, not scored 0
         fl = to_reference(fixed_labels, ref, resample, notes, "the fixed label map")
         with torch.no_grad():
             warped = warp(moving_labels, transform, ref, interpolation)

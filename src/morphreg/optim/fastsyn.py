@@ -327,8 +327,8 @@ def fast_svf_model(prior, domain: Grid, params: dict):
             return StationaryVelocityFieldTransform(*self._velocity(-1.0), self.steps)
 
         def run_fast(self, inputs, levels, similarity, sim_params, penalties, optimizer, label_weight=0.0,
-                     landmark_weight=0.0, similarity_weight=1.0, progress=None, name="syn"):
-            """Run the fast solver; None when the stage needs the generic driver (labels, landmarks,
+                     landmark_weight=0.0, similarity_weight=1.0, progress=None, name="syn", seed=0):
+            """Run the fast solver (``seed``: its random cube draws); None when the stage needs the generic driver (labels, landmarks,
             moving mask, masked or unsupported penalties, weighted similarity)."""
             from morphreg.optim.multires import StageOutcome
 
@@ -341,7 +341,7 @@ def fast_svf_model(prior, domain: Grid, params: dict):
             with torch.no_grad():  # the moving image on the fixed grid through the prior, once
                 moving = warp(inputs.moving.float(), self.prior, fixed.grid, "linear")
             solver = FastSyN(domain, self.grid_shrink, self.smoothing_mm, self.steps, self.symmetric, self.exact_gradient,
-                             self.threads, self.patches, int(torch.initial_seed()) % (2**31), params.get("cube_field_shrink"))
+                             self.threads, self.patches, int(seed) % (2**31), params.get("cube_field_shrink"))
             traces, seconds, initial, final, terms = solver.run(fixed, moving, levels, similarity, sim_params, penalties,
                                                                 optimizer, inputs.fixed_mask, progress, name)
             self.grid, self.param = solver.grid, solver.velocity.detach().clone().requires_grad_(True)

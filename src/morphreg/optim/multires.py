@@ -125,7 +125,7 @@ def run_stage(
     fast = getattr(model, "run_fast", None)  # a model with its own solver (morphreg.optim.fastsyn)
     if fast is not None:
         outcome = fast(inputs, levels, similarity, similarity_params, penalties, optimizer, label_weight,
-                       landmark_weight, similarity_weight, progress, name)
+                       landmark_weight, similarity_weight, progress, name, seed)
         if outcome is not None:
             return outcome
     fixed_pyr = pyramid(inputs.fixed, levels)

@@ -20,6 +20,7 @@ import torch
 from morphreg.errors import MorphregError
 from morphreg.image.image import Image
 from morphreg.image.io import read_image
+from morphreg.image.labels import shared_labels
 from morphreg.optim.models import LINEAR_MODELS, build_model
 from morphreg.optim.multires import Level, StageInputs, run_stage
 from morphreg.optim.optimizers import OptimizerConfig
@@ -45,6 +46,9 @@ def _load(x, what: str, dtype=None) -> Image | None:
 
 
 def _check_intensity(image: Image, what: str) -> Image:
+    if image.channels != 1:
+        raise MorphregError(f"{what} image has {image.channels} channels (a 4D or vector image); registration needs "
+                            "one scalar 2D or 3D image", image.name)
     image = image.float().check_finite()
     image = image.with_data(image.data.detach())
     if float(image.data.max() - image.data.min()) <= 0:
@@ -54,20 +58,35 @@ def _check_intensity(image: Image, what: str) -> Image:
 
 def _check_same_dim(a: Image, b: Image, what: str) -> None:
     if a.dim != b.dim:
-        raise MorphregError(f"{what} is {a.dim}D but the image it goes with is {b.dim}D", a.name)
+        raise MorphregError(f"{what} is {a.dim}D but the image it goes with ({b.name}) is {b.dim}D", a.name)
 
 
-def _mask(mask, image: Image, what: str) -> Image | None:
+def _on_image_grid(aux: Image, image: Image, what: str, notes: list[str]) -> Image:
+    """``aux`` (a mask or label map, same dimension as ``image``) on ``image``'s grid: resampled by
+    nearest neighbour in world coordinates, with a note, when it was saved on another grid."""
+    _check_same_dim(aux, image, what)
+    if aux.grid.same_as(image.grid):
+        return aux
+    notes.append(f"{what} {aux.name} lies on another grid than its image; resampled onto the image's grid "
+                 "(nearest neighbour, world coordinates)")
+    return warp(aux, None, image.grid, "nearest")
+
+
+def _mask(mask, image: Image, what: str, notes: list[str]) -> Image | None:
+    """A float {0, 1} mask on ``image``'s grid; non-zero voxels are inside."""
     mask = _load(mask, what)
     if mask is None:
         return None
-    _check_same_dim(mask, image, what)
-    data = mask.data[:1]
-    if data.is_floating_point() and not torch.isfinite(data).all():
-        raise MorphregError(f"{what} has NaN/inf voxels", mask.name)
-    out = mask.with_data((data > 0.5 if data.is_floating_point() else data > 0).float())
+    mask = mask.check_finite()
+    if mask.channels != 1:
+        raise MorphregError(f"{what} has {mask.channels} channels; a mask has one", mask.name)
+    if not bool((mask.data != 0).any()):
+        raise MorphregError(f"{what} is empty (no non-zero voxel)", mask.name)
+    on_grid = _on_image_grid(mask, image, what, notes)
+    out = on_grid.with_data((on_grid.data != 0).float())
     if float(out.data.sum()) == 0:
-        raise MorphregError(f"{what} is empty (no voxel inside)", mask.name)
+        raise MorphregError(f"{what} does not overlap its image ({image.name}): no voxel inside on the image's grid",
+                            mask.name)
     return out
 
 
@@ -75,17 +94,13 @@ def one_hot_labels(fixed_labels: Image, moving_labels: Image) -> tuple[Image, Im
     """Float one-hot stacks (K, *shape) of both label inputs, channels in correspondence.
 
     Integer maps: one channel per non-zero label present in both. Multi-channel inputs (4D one-hot
-    stacks) are used channel by channel; both must have the same number of channels.
+    stacks) are used channel by channel; both must have the same number of channels
+    (:func:`morphreg.image.labels.shared_labels`).
     """
-    if fixed_labels.channels > 1 or moving_labels.channels > 1:
-        if fixed_labels.channels != moving_labels.channels:
-            raise MorphregError(f"label stacks have {fixed_labels.channels} and {moving_labels.channels} channels; "
-                                "they must correspond one to one", moving_labels.name)
+    values = shared_labels(fixed_labels, moving_labels)
+    if values is None:
         return (fixed_labels.with_data((fixed_labels.data > 0.5).float()),
                 moving_labels.with_data((moving_labels.data > 0.5).float()))
-    values = sorted(set(fixed_labels.labels()) & set(moving_labels.labels()))
-    if not values:
-        raise MorphregError("the fixed and moving label maps share no non-zero label", moving_labels.name)
     return (fixed_labels.with_data(torch.stack([(fixed_labels.data[0] == v).float() for v in values])),
             moving_labels.with_data(torch.stack([(moving_labels.data[0] == v).float() for v in values])))
 
@@ -299,21 +314,24 @@ def register(
     fixed = _check_intensity(_load(fixed, "fixed image"), "fixed")
     moving = _check_intensity(_load(moving, "moving image"), "moving")
     if fixed.dim != moving.dim:
-        raise MorphregError(f"fixed image is {fixed.dim}D but moving image is {moving.dim}D", moving.name)
-    fmask, mmask = _mask(fixed_mask, fixed, "fixed mask"), _mask(moving_mask, moving, "moving mask")
-    rmask = _mask(rigidity_mask, fixed, "rigidity mask")
+        raise MorphregError(f"moving image is {moving.dim}D but the fixed image ({fixed.name}) is {fixed.dim}D", moving.name)
+    notes: list[str] = []
+    fmask, mmask = _mask(fixed_mask, fixed, "fixed mask", notes), _mask(moving_mask, moving, "moving mask", notes)
+    rmask = _mask(rigidity_mask, fixed, "rigidity mask", notes)
     fl, ml = _load(fixed_labels, "fixed labels"), _load(moving_labels, "moving labels")
     if (fl is None) != (ml is None):
         raise MorphregError("give both fixed and moving labels, or neither")
     if fl is not None:
-        _check_same_dim(fl, fixed, "fixed labels")
-        _check_same_dim(ml, moving, "moving labels")
+        fl = _on_image_grid(fl, fixed, "fixed labels", notes)
+        ml = _on_image_grid(ml, moving, "moving labels", notes)
         fl, ml = one_hot_labels(fl, ml)
     p, q = read_landmarks(fixed_landmarks, "fixed landmarks"), read_landmarks(moving_landmarks, "moving landmarks")
     if (p is None) != (q is None):
         raise MorphregError("give both fixed and moving landmarks, or neither")
     if p is not None and (p.shape != q.shape or p.shape[-1] != fixed.dim):
-        raise MorphregError(f"landmarks must be two (K, {fixed.dim}) sets of the same size; got {tuple(p.shape)} and {tuple(q.shape)}")
+        where = moving_landmarks if p.shape[-1] == fixed.dim else fixed_landmarks
+        raise MorphregError(f"landmarks must be two (K, {fixed.dim}) sets of the same size; got {tuple(p.shape)} (fixed) "
+                            f"and {tuple(q.shape)} (moving)", where if isinstance(where, (str, Path)) else None)
     if modality not in ("auto", "mono", "multi"):
         raise MorphregError(f"modality must be auto, mono or multi, not {modality!r}")
     modality = detect_modality(fixed, moving) if modality == "auto" else modality
@@ -332,9 +350,16 @@ def register(
     t_io = time.perf_counter() - t_start
 
     # A default-device context only where needed: it costs a dispatch on every CPU operation.
-    with (torch.device(device) if device != "cpu" else contextlib.nullcontext()):
-        return _run(stages, inputs, modality, preset_name, label_weight, landmark_weight, seed, progress,
-                    fixed_path, moving_path, t_io, t_start)
+    # Every random draw follows ``seed`` (explicit generators, and the global one for the rest), without
+    # changing the caller's random state.
+    rng_devices = [torch.device(device).index or 0] if str(device).startswith("cuda") else []
+    with (torch.device(device) if device != "cpu" else contextlib.nullcontext()), \
+            torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(int(seed))
+        result = _run(stages, inputs, modality, preset_name, label_weight, landmark_weight, seed, progress,
+                      fixed_path, moving_path, t_io, t_start)
+    result.notes = notes + result.notes
+    return result
 
 
 def _run(stages, inputs: StageInputs, modality, preset_name, label_weight, landmark_weight, seed, progress,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from morphreg.core.files import atomic_dir
+from morphreg.core.files import output_folder
 from morphreg.image.grid import Grid
 from morphreg.image.image import Image
 from morphreg.image.io import write_image
@@ -60,6 +60,7 @@ class Result:
         timings: seconds for input checks, each stage, the final warp, and in total.
         final_metric: objective of the last kept stage at full resolution (lower is better).
         folding_percent: share of fixed voxels (inside the fixed mask) with det J <= 0.
+        notes: what was done to the inputs that the user should know (e.g. a mask resampled).
     """
 
     transform: Transform
@@ -75,6 +76,7 @@ class Result:
     folding_percent: float = 0.0
     fixed_path: str | None = None
     moving_path: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def trace(self) -> list[list[list[float]]]:
@@ -96,25 +98,33 @@ class Result:
             "folding_percent": self.folding_percent,
             "timings": self.timings,
             "has_inverse": self.inverse is not None,
+            "notes": self.notes,
             "transform_direction": "fixed -> moving (warped = moving sampled at T(x) for x on the fixed grid)",
             "trace": self.trace,
         })
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write warped.nii.gz, transform.h5 (ITK composite), displacement.nii.gz (fixed grid, mm),
-        inverse_displacement.nii.gz (moving grid; when there is an inverse) and summary.json.
-        The folder appears complete or not at all."""
+    def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
+        """Write the outputs (see :meth:`write`) into ``out_dir``, which appears complete or not at
+        all. ``out_dir`` must be new, empty or a previous morphreg result, and never hold an input;
+        ``overwrite`` allows a folder with other files (only the files of the same name are replaced)."""
         out_dir = Path(out_dir)
-        with atomic_dir(out_dir) as tmp:
-            jobs = [lambda: write_image(self.warped, tmp / "warped.nii.gz"),
-                    lambda: self.transform.save(tmp / "transform.h5", grid=self.fixed.grid),
-                    lambda: self.transform.save(tmp / "displacement.nii.gz", grid=self.fixed.grid)]
-            if self.inverse is not None:
-                jobs.append(lambda: self.inverse.save(tmp / "inverse_displacement.nii.gz", grid=self.moving.grid))
-            # gzip in SimpleITK and torch both release the GIL: the files are written side by side
-            # (brain T1, 4 files: 9.2 s -> 6.8 s on 2 cores).
-            with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
-                for job in [pool.submit(j) for j in jobs]:
-                    job.result()
-            (tmp / "summary.json").write_text(json.dumps(self.summary(), indent=2), encoding="utf-8")
+        with output_folder(out_dir, [self.fixed_path, self.moving_path], overwrite) as tmp:
+            self.write(tmp)
         return out_dir
+
+    def write(self, folder: Path) -> None:
+        """Write warped.nii.gz, transform.h5 (ITK composite), displacement.nii.gz (fixed grid, mm),
+        inverse_displacement.nii.gz (moving grid; when there is an inverse) and summary.json into an
+        existing ``folder`` (normally the temporary folder of :func:`morphreg.core.files.output_folder`)."""
+        jobs = [lambda: write_image(self.warped, folder / "warped.nii.gz"),
+                lambda: self.transform.save(folder / "transform.h5", grid=self.fixed.grid),
+                lambda: self.transform.save(folder / "displacement.nii.gz", grid=self.fixed.grid)]
+        if self.inverse is not None:
+            jobs.append(lambda: self.inverse.save(folder / "inverse_displacement.nii.gz", grid=self.moving.grid))
+        # gzip in SimpleITK and torch both release the GIL: the files are written side by side
+        # (brain T1, 4 files: 9.2 s -> 6.8 s on 2 cores). Leaving the pool waits for every writer, also
+        # on an error or a signal, so the caller's clean-up never races a writer.
+        with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+            for job in [pool.submit(j) for j in jobs]:
+                job.result()
+        (folder / "summary.json").write_text(json.dumps(self.summary(), indent=2), encoding="utf-8")

@@ -57,15 +57,51 @@ def save_transform(t: Transform, path, grid: Grid | None = None) -> Path:
 
 def load_transform(path) -> Transform:
     """Read a transform: morphreg ``.pt``, ITK/ANTs transform files, elastix TransformParameters
-    (``TransformParameters*.txt``), or an ITK displacement-field image."""
-    import SimpleITK as sitk
+    (``TransformParameters*.txt``), or an ITK displacement-field image.
 
-    from morphreg.transforms.dense import DisplacementFieldTransform
-    from morphreg.transforms.itk import read_elastix_transform, read_itk_transform, sitk_image_to_field
+    Raises MorphregError naming the file when it is missing, unreadable, truncated or holds NaN/inf
+    parameters or displacement vectors (one NaN vector would spread over the warped image).
+    """
+    from morphreg.core.native import captured_native_stderr
 
     path = Path(path)
     if not path.exists():
         raise MorphregError("file not found", path)
+    if path.is_dir():
+        raise MorphregError("is a folder, not a transform file", path)
+    with captured_native_stderr() as messages:
+        try:
+            t = _read_transform(path)
+        except _NativeFailure as exc:
+            failure = exc
+        else:
+            failure = None
+    if failure is not None:
+        from morphreg.core.native import native_reason
+
+        raise MorphregError(f"{failure.what}: {native_reason(failure.__cause__, messages)}", path)
+    tensors = [*t.parameters(), *t.buffers()] if isinstance(t, torch.nn.Module) else []
+    bad = sum(int((~torch.isfinite(x)).sum()) for x in tensors if x.is_floating_point())
+    if bad:
+        raise MorphregError(f"transform has {bad} NaN/inf values", path)
+    return t
+
+
+class _NativeFailure(Exception):
+    """A SimpleITK read failed; ``what`` says what the file was expected to be."""
+
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
+def _read_transform(path: Path) -> Transform:
+    import SimpleITK as sitk
+
+    from morphreg.image.nifti import check_nifti_payload
+    from morphreg.transforms.dense import DisplacementFieldTransform
+    from morphreg.transforms.itk import from_sitk_transform, read_elastix_transform, sitk_image_to_field
+
     suffix = _suffix(path)
     if suffix in NATIVE_SUFFIXES:
         try:
@@ -81,15 +117,21 @@ def load_transform(path) -> Transform:
     if suffix == ".txt" and path.read_text(encoding="utf-8", errors="replace").lstrip().startswith("("):
         return read_elastix_transform(path)
     if suffix in ITK_SUFFIXES:
-        return read_itk_transform(path)
+        try:
+            tx = sitk.ReadTransform(str(path))
+        except RuntimeError as exc:
+            raise _NativeFailure("not a readable ITK transform file") from exc
+        return from_sitk_transform(tx, str(path))
     if suffix in FIELD_SUFFIXES:
         try:
             img = sitk.ReadImage(str(path), sitk.sitkVectorFloat64)
-        except RuntimeError:
-            raise MorphregError("not a readable displacement-field image", path) from None
+        except RuntimeError as exc:
+            raise _NativeFailure("not a readable displacement-field image") from exc
         if img.GetNumberOfComponentsPerPixel() != img.GetDimension():
             raise MorphregError(f"a displacement field needs {img.GetDimension()} components per voxel, "
                                 f"found {img.GetNumberOfComponentsPerPixel()}", path)
+        if suffix in (".nii", ".nii.gz") and (bad := check_nifti_payload(path)):
+            raise MorphregError(f"displacement field has {bad} NaN/inf values", path)
         field, grid = sitk_image_to_field(img)
         return DisplacementFieldTransform(field, grid)
     raise MorphregError(f"unknown transform file type {suffix!r}", path)

@@ -110,16 +110,6 @@ def from_sitk_transform(tx: sitk.Transform, name: str = "<transform>") -> Transf
     raise MorphregError(f"unsupported ITK transform type {kind}", name)
 
 
-def read_itk_transform(path: str | Path) -> Transform:
-    path = Path(path)
-    try:
-        tx = sitk.ReadTransform(str(path))
-    except RuntimeError as exc:
-        msg = [ln for ln in str(exc).splitlines() if ln.strip()]
-        raise MorphregError(f"not a readable ITK transform file: {msg[-1].strip()[:200] if msg else 'unknown error'}", path) from None
-    return from_sitk_transform(tx, str(path))
-
-
 def write_itk_transform(t: Transform, path: str | Path, grid: Grid | None = None) -> None:
     sitk.WriteTransform(to_sitk_transform(t, grid), str(path))
 
