@@ -65,9 +65,9 @@ def apply_cmd(
     ref = read_image(reference, check_finite=False)
     t = load_transform(transform)
     if t.dim != moving.dim:
-        raise MorphregError(f"transform is {t.dim}D but the image is {moving.dim}D", transform)
+        raise MorphregError(f"transform is {t.dim}D but the image {image} is {moving.dim}D", transform)
     if ref.dim != moving.dim:
-        raise MorphregError(f"reference is {ref.dim}D but the image is {moving.dim}D", reference)
+        raise MorphregError(f"reference is {ref.dim}D but the image {image} is {moving.dim}D", reference)
     start = time.perf_counter()
     with torch.no_grad():
         out = warp(moving, t, ref.grid, interpolation.value if interpolation else None, fill_value)

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=args, prog_name="morphreg", standalone_mode=False)
     except Interrupted as exc:
         name = signal.Signals(exc.signum).name
-        _fail(f"interrupted by {name}; no output was written or changed", 128 + exc.signum)
+        _fail(f"interrupted by {name}; every output is either complete or untouched, never partial", 128 + exc.signum)
     except MorphregError as exc:
         _fail(str(exc), 2)
     except (typer.Exit, SystemExit) as exc:

@@ -356,8 +356,15 @@ def register(
     with (torch.device(device) if device != "cpu" else contextlib.nullcontext()), \
             torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(int(seed))
-        result = _run(stages, inputs, modality, preset_name, label_weight, landmark_weight, seed, progress,
-                      fixed_path, moving_path, t_io, t_start)
+        try:
+            result = _run(stages, inputs, modality, preset_name, label_weight, landmark_weight, seed, progress,
+                          fixed_path, moving_path, t_io, t_start)
+        except MorphregError as exc:
+            if exc.path is not None:
+                raise
+            # A problem found during the optimisation (e.g. no overlap left on a tiny image): say which pair.
+            raise MorphregError(f"{exc.problem} (registering {moving_path} onto {fixed_path}, preset {preset_name!r})",
+                                fixed_path) from None
     result.notes = notes + result.notes
     return result
 

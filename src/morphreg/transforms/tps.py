@@ -35,6 +35,11 @@ class ThinPlateSplineTransform(Transform):
         k, dim = p.shape
         if k < dim + 1:
             raise MorphregError(f"a thin-plate spline needs at least {dim + 1} landmark pairs, got {k}")
+        spread = torch.linalg.svdvals(p - p.mean(0))
+        if float(spread[-1]) <= 1e-6 * float(spread[0]):
+            # The affine part is then undetermined: the solution would be arbitrary (and not reproducible).
+            raise MorphregError(f"the fixed landmarks lie on a {'line' if dim == 2 else 'plane or line'}; a thin-plate "
+                                f"spline needs them to span {dim}D")
         self.dim = dim
         self.smoothing = float(smoothing)
         self.domain_grid = domain
