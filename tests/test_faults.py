@@ -158,6 +158,20 @@ def test_previous_result_is_replaced_whole_and_only_when_the_new_one_is_complete
     assert {p for p in entries(tmp_path) if p.startswith(".")} == set()
 
 
+def test_files_added_by_morphreg_keep_a_result_folder_replaceable(tmp_path, pair_files, result_dir, capfd):
+    code, _, err = cli(capfd, "evaluate", "-t", result_dir / "transform.h5", "--fixed-labels", pair_files / "fixed_labels.nii.gz",
+                       "--moving-labels", pair_files / "moving_labels.nii.gz", "-o", result_dir / "metrics.json")
+    assert code == 0, err
+    listed = json.loads((result_dir / ".morphreg.json").read_text(encoding="utf-8"))["files"]
+    assert "metrics.json" in listed
+    code, _, err = cli(capfd, *register_args(pair_files, result_dir))
+    assert code == 0, err
+    (result_dir / "mine.txt").write_text("a user's file", encoding="utf-8")
+    code, _, err = cli(capfd, *register_args(pair_files, result_dir))
+    assert code == 2
+    one_line_error(err, "mine.txt")
+
+
 def test_stale_temporary_folder_of_a_killed_run_is_removed(tmp_path, pair_files, capfd):
     stale = tmp_path / ".out.morphreg-killed.tmp"
     stale.mkdir()

@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
             _fail(_usage_line(exc), 2)
         if isinstance(exc, OSError) and exc.filename:  # the file system said no: the user's to fix
             _fail(f"{exc.filename}: {exc.strerror or exc}", 2)
+        if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower():
+            _fail(f"out of memory ({type(exc).__name__}: {str(exc)[:160]}); try smaller images, fewer threads or "
+                  "--device cuda", 1)
         if debug:
             traceback.print_exc()
         log = _write_crash_log(traceback.format_exc())

@@ -120,12 +120,34 @@ def atomic_path(path: str | Path, inputs: Iterable = ()) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with filesystem_errors(path):
+        with filesystem_errors(path):  # e.g. the disk filling up while the writer runs
+            yield tmp_path
             normal_permissions(tmp_path)
             os.replace(tmp_path, path)
+            _record_in_manifest(path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _record_in_manifest(path: Path) -> None:
+    """A file written into a result folder (``report -o OUT/report.html``, ``evaluate -o
+    OUT/metrics.json``) joins its manifest, so that the folder is still recognised as morphreg's."""
+    manifest = path.parent / MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        record = json.loads(manifest.read_text(encoding="utf-8"))
+        files = record["files"]
+    except (ValueError, KeyError, TypeError):
+        return
+    if path.name in files:
+        return
+    record["files"] = sorted([*files, path.name])
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.{TEMP_TAG}", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+    normal_permissions(Path(tmp))
+    os.replace(tmp, manifest)
 
 
 # ----- output folders ---------------------------------------------------------------------------------
