@@ -79,6 +79,15 @@ def check_not_input(output: str | Path, inputs: Iterable = ()) -> None:
             raise MorphregError(f"output folder holds the input {item}: choose another folder", output)
 
 
+def _absolute(path: str | Path) -> Path:
+    """``path`` made absolute without following links ("-o ." names the current folder, whose
+    temporary sibling must live in its parent)."""
+    absolute = Path(os.path.abspath(path))
+    if not absolute.name:
+        raise MorphregError("an output must be a file or folder name, not the file-system root", path)
+    return absolute
+
+
 def _check_parent(path: Path) -> None:
     for parent in path.parents:
         if parent.exists():
@@ -90,7 +99,7 @@ def _check_parent(path: Path) -> None:
 def check_output_file(path: str | Path, inputs: Iterable = ()) -> Path:
     """Check, before any work, that ``path`` can be an output file: not an input, not a folder,
     its parent a folder (created if missing)."""
-    path = Path(path)
+    path = _absolute(path)
     check_not_input(path, inputs)
     if path.is_dir():
         raise MorphregError("output is a folder; give a file name", path)
@@ -291,7 +300,7 @@ def output_folder(path: str | Path, inputs: Iterable = (), overwrite: bool = Fal
     ``overwrite``), and no other run writes it. A previous result is replaced only once the new one
     is complete; on an error or a signal nothing changes and the temporary folder is removed.
     """
-    path = Path(path)
+    path = _absolute(path)
     inputs = list(inputs)
     check_not_input(path, inputs)
     _check_parent(path)
