@@ -77,7 +77,7 @@ def test_write_read_round_trip_keeps_data_and_geometry(tmp_path, suffix, dim, ob
     for image in (smooth_image(grid), label_image(grid)):
         path = tmp_path / f"img{suffix}"
         write_image(image, path)
-        back = read_image(path)
+        back = read_image(path, labels=image.is_label)
         assert back.data.dtype == image.data.dtype
         assert back.grid.size == grid.size
         torch.testing.assert_close(back.data, image.data)
@@ -148,11 +148,30 @@ def test_dicom_series_folder_reads_back(tmp_path):
     _write_dicom_series(vol, tmp_path / "series")
     image = read_image(tmp_path / "series")
     assert image.grid.size == (10, 12, 5)
-    assert not image.data.is_floating_point()
+    assert image.data.is_floating_point()  # an int16 CT is an intensity image (exact in float32)
     np.testing.assert_array_equal(image.data[0].numpy(), arr)
     np.testing.assert_allclose(image.spacing, [0.8, 0.9, 2.5], atol=1e-4)
     np.testing.assert_allclose(image.origin, [-10.0, 20.0, 5.0], atol=1e-4)
     np.testing.assert_allclose(image.direction, direction, atol=1e-5)
+
+
+def test_integer_files_are_label_maps_only_when_said_or_named_so(tmp_path, oblique_grid, label_image):
+    grid = oblique_grid(3, seed=2)
+    labels = label_image(grid)
+    ct = labels.with_data((labels.data * 400 - 1000 + torch.arange(labels.data.numel()).reshape(labels.data.shape) % 7)
+                          .to(torch.int16))
+    for name, image, expected in [("ct.nii.gz", ct, False), ("moving.mha", labels, False), ("aseg.nii.gz", labels, True),
+                                  ("seg.nii.gz", ct, True), ("fixed_mask.nrrd", labels, True)]:
+        write_image(image, tmp_path / name)
+        assert read_image(tmp_path / name).is_label is expected, name
+        assert read_image(tmp_path / name, labels=True).is_label and not read_image(tmp_path / name, labels=False).is_label
+    (tmp_path / "fixed_labels").mkdir()
+    write_image(labels, tmp_path / "fixed_labels" / "obs000.nii.gz")  # the folder says so
+    assert read_image(tmp_path / "fixed_labels" / "obs000.nii.gz").is_label
+    big = oblique_grid(3, size=[12, 11, 10], seed=2)
+    many = Image(torch.arange(1320, dtype=torch.int32).reshape(1, *big.shape), big)
+    write_image(many, tmp_path / "labels_many.nii.gz")  # 1320 values: not a label map
+    assert not read_image(tmp_path / "labels_many.nii.gz").is_label
 
 
 # ----- I/O errors -------------------------------------------------------------------------------------

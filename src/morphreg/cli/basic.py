@@ -13,7 +13,7 @@ from rich.table import Table
 
 from morphreg.core.files import check_output_file, output_folder
 from morphreg.errors import MorphregError
-from morphreg.image.io import nonfinite_voxels, read_image, write_image
+from morphreg.image.io import looks_like_labels, nonfinite_voxels, read_image, write_image
 from morphreg.transforms.io import load_transform
 from morphreg.transforms.warp import warp
 
@@ -27,9 +27,18 @@ class Interpolation(str, Enum):
     label = "label"
 
 
-def info_cmd(image: Path = typer.Argument(..., help="Image file (NIfTI, MHA/MHD, NRRD) or DICOM series folder.")) -> None:
+LABELS_OPTION_HELP = ("Say whether IMAGE is a label map (--labels: integer values kept, nearest/label "
+                      "interpolation) or an intensity image (--intensity); default: a label map only when its "
+                      "data are integer with at most 1000 values and its name says label/seg/mask/atlas/...")
+
+
+def info_cmd(
+    image: Path = typer.Argument(..., help="Image file (NIfTI, MHA/MHD, NRRD) or DICOM series folder."),
+    labels: bool = typer.Option(None, "--labels/--intensity", help=LABELS_OPTION_HELP),
+) -> None:
     """Show an image's geometry (origin, spacing, direction in LPS mm), intensity range and labels."""
-    img = read_image(image, check_finite=False)
+    img = read_image(image, check_finite=False, labels=True)  # as stored: the dtype shown is the file's
+    is_labels = looks_like_labels(img, Path(image)) if labels is None else labels
     data = img.data
     table = Table(title=str(image), show_header=False)
     table.add_row("dimension", f"{img.dim}D, {img.channels} channel(s), dtype {str(data.dtype).replace('torch.', '')}")
@@ -44,10 +53,12 @@ def info_cmd(image: Path = typer.Argument(..., help="Image file (NIfTI, MHA/MHD,
         table.add_row("[red]non-finite voxels[/]", f"{nonfinite} (NaN/inf{', read as 0' if bool(finite.all()) else ''})")
     vals = data[finite].double()
     table.add_row("intensity", f"min {vals.min():.6g}, max {vals.max():.6g}, mean {vals.mean():.6g}")
-    if img.is_label:
-        labels = img.labels()
-        shown = ", ".join(map(str, labels[:40])) + (" ..." if len(labels) > 40 else "")
-        table.add_row("labels", f"{len(labels)} non-zero: {shown}")
+    how = "as given" if labels is not None else "integer, few values, named so" if is_labels else "default"
+    table.add_row("kind", f"{'label map' if is_labels else 'intensity image'} ({how})")
+    if is_labels and img.channels == 1:
+        values = img.labels()
+        shown = ", ".join(map(str, values[:40])) + (" ..." if len(values) > 40 else "")
+        table.add_row("labels", f"{len(values)} non-zero: {shown}")
     console.print(table)
 
 
@@ -56,12 +67,18 @@ def apply_cmd(
     image: Path = typer.Argument(..., help="The moving image to resample."),
     reference: Path = typer.Option(..., "--reference", "-r", help="Image whose grid the output is sampled on (the fixed image)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output image file."),
-    interpolation: Interpolation = typer.Option(None, "--interpolation", "-i", help="Default: linear, or nearest for integer label maps."),
+    interpolation: Interpolation = typer.Option(None, "--interpolation", "-i", help="Default: linear, or nearest for label maps."),
     fill_value: float = typer.Option(0.0, "--fill-value", help="Value outside the moving image."),
+    labels: bool = typer.Option(None, "--labels/--intensity", help=LABELS_OPTION_HELP + "; -i linear/bspline "
+                                "imply --intensity, -i label implies --labels."),
 ) -> None:
-    """Resample IMAGE onto the REFERENCE grid through TRANSFORM (backward mapping, world mm)."""
+    """Resample IMAGE onto the REFERENCE grid through TRANSFORM (backward mapping, world mm).
+    Intensity images come out as float32 (integer ones too, like ANTs' default); label maps keep their
+    integer type."""
     check_output_file(output, [transform, image, reference])
-    moving = read_image(image)
+    if labels is None and interpolation is not None and interpolation != Interpolation.nearest:
+        labels = interpolation == Interpolation.label
+    moving = read_image(image, labels=labels)
     ref = read_image(reference, check_finite=False)
     t = load_transform(transform)
     if t.dim != moving.dim:

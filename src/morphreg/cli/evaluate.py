@@ -45,10 +45,10 @@ def evaluate_cmd(
                   fixed=fixed, moving=moving)
     check_output_file(output, inputs.values())
     t = load_transform(transform)
-    fl = read_image(fixed_labels) if fixed_labels else None
-    ml = read_image(moving_labels) if moving_labels else None
+    fl = read_image(fixed_labels, labels=True) if fixed_labels else None
+    ml = read_image(moving_labels, labels=True) if moving_labels else None
     ref = read_image(reference, check_finite=False) if reference else None
-    fixed_img = read_image(fixed) if fixed else None
+    fixed_img = read_image(fixed, labels=False) if fixed else None
     grid = ref.grid if ref is not None else fl.grid if fl is not None else fixed_img.grid if fixed_img is not None else None
     if (fixed_landmarks is None) != (moving_landmarks is None):
         raise MorphregError("give both --fixed-landmarks and --moving-landmarks, or neither")
@@ -57,8 +57,8 @@ def evaluate_cmd(
     mp = read_landmarks(moving_landmarks, grid=mov_grid) if moving_landmarks else None
     metrics = evaluate_registration(
         t, fl, ml, reference=grid, fixed_landmarks=fp, moving_landmarks=mp,
-        mask=read_image(mask) if mask else None, inverse=load_transform(inverse) if inverse else None,
-        fixed=fixed_img, moving=read_image(moving) if moving else None,
+        mask=read_image(mask, labels=True) if mask else None, inverse=load_transform(inverse) if inverse else None,
+        fixed=fixed_img, moving=read_image(moving, labels=False) if moving else None,
         resample=not no_resample, interpolation=interpolation.value)
     metrics["inputs"] = {k: str(v) for k, v in inputs.items() if v}
     write_metrics(metrics, output)

@@ -77,8 +77,8 @@ def _write_report(output: Path, result, fixed_labels, moving_labels, fixed_landm
     if fixed_labels is not None or fixed_landmarks is not None:
         metrics = evaluate_registration(
             result.transform,
-            read_image(fixed_labels) if fixed_labels is not None else None,
-            read_image(moving_labels) if moving_labels is not None else None,
+            read_image(fixed_labels, labels=True) if fixed_labels is not None else None,
+            read_image(moving_labels, labels=True) if moving_labels is not None else None,
             reference=result.fixed.grid,
             fixed_landmarks=read_landmarks(fixed_landmarks, result.fixed.grid) if fixed_landmarks is not None else None,
             moving_landmarks=read_landmarks(moving_landmarks, result.moving.grid) if moving_landmarks is not None else None,

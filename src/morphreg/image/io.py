@@ -1,6 +1,7 @@
 """Reading and writing images through SimpleITK (NIfTI, MHA/MHD, NRRD, DICOM series)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +59,36 @@ def from_sitk(img: sitk.Image, name: str = "<sitk>", channels_from_4d: bool = Tr
     return Image(torch.from_numpy(np.ascontiguousarray(data)), grid, name)
 
 
-def read_image(path: str | Path, dtype: torch.dtype | None = None, check_finite: bool = True) -> Image:
-    """Read an image file or DICOM folder. Integer files stay integer (labels); ``dtype`` converts.
+# Words that say "label map" in a file name, or last in a folder name (names are split at non-letters:
+# "aparc+aseg", "subject_a_labels", "fixed_mask", "gland_us", a folder "moving_labels").
+LABEL_WORDS = frozenset({"label", "labels", "lbl", "seg", "segs", "segmentation", "segmentations", "mask", "masks",
+                         "aseg", "aparc", "parc", "parcellation", "atlas", "roi", "rois", "gland", "labelmap"})
+MAX_LABEL_VALUES = 1000
+
+
+def _words(name: str) -> list[str]:
+    return [w for w in re.split(r"[^a-z]+", name.lower()) if w]
+
+
+def looks_like_labels(image: Image, path: Path) -> bool:
+    """The automatic rule for a file read without a stated role: integer data with at most
+    ``MAX_LABEL_VALUES`` distinct values AND a file name with a word such as label/seg/mask/aseg/atlas,
+    or a folder name ending in one. An int16 CT named ``moving.mha`` is an intensity image; ``aseg.nii.gz``
+    and ``fixed_labels/obs000.nii.gz`` are label maps."""
+    folder = _words(path.parent.name)
+    named = bool(LABEL_WORDS & set(_words(path.name))) or bool(folder and folder[-1] in LABEL_WORDS)
+    if not image.is_label or not named:
+        return False
+    return int(torch.unique(image.data).numel()) <= MAX_LABEL_VALUES
+
+
+def read_image(path: str | Path, dtype: torch.dtype | None = None, check_finite: bool = True,
+               labels: bool | None = None) -> Image:
+    """Read an image file or DICOM folder.
+
+    ``labels``: True = a label map or mask (integer data kept, warped without mixing values); False =
+    an intensity image (integer data becomes float32, so a CT is interpolated like any image); None =
+    decided by :func:`looks_like_labels`. ``dtype`` converts afterwards.
 
     Raises MorphregError naming the file for a missing/unreadable/truncated file, a bad direction
     matrix, or (``check_finite``) NaN/inf voxels, in every format: NIfTI payloads are checked on
@@ -82,6 +111,10 @@ def read_image(path: str | Path, dtype: torch.dtype | None = None, check_finite:
         image = from_sitk(img, name=str(path))
     except MorphregError as exc:
         raise MorphregError(exc.problem, path) from None
+    if labels is None:
+        labels = looks_like_labels(image, path)
+    if not labels and image.is_label:
+        image = image.float()
     if dtype is not None:
         image = image.to(dtype=dtype)
     return image.check_finite() if check_finite else image

@@ -35,14 +35,15 @@ MERGED_KEYS = ("model_params", "similarity_params", "optimizer")
 
 
 # ----- inputs -----------------------------------------------------------------------------------------
-def _load(x, what: str, dtype=None) -> Image | None:
+def _load(x, what: str, labels: bool) -> Image | None:
+    """An Image from an Image or a path; ``labels``: the file is a label map or mask (else intensities)."""
     if x is None:
         return None
     if isinstance(x, (str, Path)):
-        return read_image(x, dtype=dtype)
+        return read_image(x, labels=labels)
     if not isinstance(x, Image):
         raise MorphregError(f"{what} must be an Image or a path, got {type(x).__name__}")
-    return x if dtype is None else x.to(dtype=dtype)
+    return x
 
 
 def _check_intensity(image: Image, what: str) -> Image:
@@ -74,7 +75,7 @@ def _on_image_grid(aux: Image, image: Image, what: str, notes: list[str]) -> Ima
 
 def _mask(mask, image: Image, what: str, notes: list[str]) -> Image | None:
     """A float {0, 1} mask on ``image``'s grid; non-zero voxels are inside."""
-    mask = _load(mask, what)
+    mask = _load(mask, what, labels=True)
     if mask is None:
         return None
     mask = mask.check_finite()
@@ -120,7 +121,7 @@ def read_landmarks(x, what: str) -> torch.Tensor | None:
             raise MorphregError(f"cannot read landmarks: {exc}", path) from None
         return torch.as_tensor(arr, dtype=torch.float32)
     if isinstance(x, (str, Path, Image)):
-        img = _load(x, what)
+        img = _load(x, what, labels=True)
         pts = img.grid.points(dtype=torch.float64).reshape(-1, img.dim)
         chans = ([img.data[c].reshape(-1) > 0.5 for c in range(img.channels)] if img.channels > 1
                  else [img.data[0].reshape(-1) == v for v in img.labels()])
@@ -311,14 +312,14 @@ def register(
         raise MorphregError("device 'cuda' requested but no CUDA device is available")
     fixed_path = str(fixed) if isinstance(fixed, (str, Path)) else getattr(fixed, "name", None)
     moving_path = str(moving) if isinstance(moving, (str, Path)) else getattr(moving, "name", None)
-    fixed = _check_intensity(_load(fixed, "fixed image"), "fixed")
-    moving = _check_intensity(_load(moving, "moving image"), "moving")
+    fixed = _check_intensity(_load(fixed, "fixed image", labels=False), "fixed")
+    moving = _check_intensity(_load(moving, "moving image", labels=False), "moving")
     if fixed.dim != moving.dim:
         raise MorphregError(f"moving image is {moving.dim}D but the fixed image ({fixed.name}) is {fixed.dim}D", moving.name)
     notes: list[str] = []
     fmask, mmask = _mask(fixed_mask, fixed, "fixed mask", notes), _mask(moving_mask, moving, "moving mask", notes)
     rmask = _mask(rigidity_mask, fixed, "rigidity mask", notes)
-    fl, ml = _load(fixed_labels, "fixed labels"), _load(moving_labels, "moving labels")
+    fl, ml = _load(fixed_labels, "fixed labels", labels=True), _load(moving_labels, "moving labels", labels=True)
     if (fl is None) != (ml is None):
         raise MorphregError("give both fixed and moving labels, or neither")
     if fl is not None:

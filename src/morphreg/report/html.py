@@ -154,7 +154,7 @@ class _Result:
         if path is None:
             self.warnings.append(f"input {key} ({given}) cannot be found: left out of the report")
             return None
-        return read_image(path, check_finite=False)
+        return read_image(path, check_finite=False, labels=key.endswith("labels"))
 
 
 def _geometry_rows(images: dict[str, Image | None], summary: dict) -> list[list]:
