@@ -53,8 +53,11 @@ def write_result_dir(path: Path, fold: bool = False, with_optional: bool = True)
         t.save(path / "displacement.nii.gz")
         write_image(warp(moving, t, fixed.grid), path / "warped.nii.gz")
     summary = {"fixed": "inputs/fixed.nii.gz", "moving": "inputs/moving.nii.gz",
-               "fixed_labels": "inputs/fixed_labels.nii.gz", "moving_labels": "inputs/moving_labels.nii.gz",
-               "preset": "test-preset", "parameters": {"similarity": "ncc", "levels": [2, 1], "penalty": {"bending": 0.1}},
-               "times": {"level 1": 0.5, "level 2": 1.5}, "final_metric": -0.9}
+               "inputs": {"fixed_labels": "inputs/fixed_labels.nii.gz", "moving_labels": "inputs/moving_labels.nii.gz"},
+               "preset": "test-preset", "final_metric": -0.9,
+               "stages": [{"index": 0, "model": "bspline", "similarity": "ncc", "levels": [[2, 1.0, 40], [1, 0.0, 20]],
+                           "penalties": [{"name": "bending", "weight": 0.1}], "initial_objective": -0.5,
+                           "final_objective": -0.9, "diverged": False}],
+               "timings": {"io_s": 0.1, "stages_s": [2.0], "warp_s": 0.2, "total_s": 2.3}}
     (path / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     return path

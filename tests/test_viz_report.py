@@ -105,7 +105,7 @@ def test_report_with_folding_warns_and_embeds_pictures(tmp_path):
     for data in imgs:
         _decode(data)
     assert "class='warn'" in html and "folds" in html
-    assert "test-preset" in html and "penalty.bending" in html and "level 2" in html
+    assert "test-preset" in html and "bending x 0.1" in html and "1/2: 40 it" in html and "stage 0: bspline" in html
     assert "Not an independent measure of accuracy" in html
     assert "src='http" not in html and "href='http" not in html  # self-contained
 
@@ -113,7 +113,7 @@ def test_report_with_folding_warns_and_embeds_pictures(tmp_path):
 def test_report_without_optional_pieces(tmp_path):
     result = write_result_dir(tmp_path / "res", fold=False, with_optional=False)
     summary = json.loads((result / "summary.json").read_text(encoding="utf-8"))
-    del summary["moving_labels"], summary["times"]
+    del summary["inputs"]["moving_labels"], summary["timings"]
     summary["moving"] = "inputs/does_not_exist.nii.gz"
     (result / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     html = build_report(result, tmp_path / "r.html").read_text(encoding="utf-8")

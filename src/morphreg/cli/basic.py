@@ -1,21 +1,16 @@
-"""Basic commands: info, apply, demo."""
+"""Basic commands: info, apply, demo. The engine (torch, SimpleITK) is imported inside each command,
+so that ``morphreg --help`` starts in a fraction of a second."""
 from __future__ import annotations
 
 import time
 from enum import Enum
 from pathlib import Path
 
-import numpy as np
-import torch
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from morphreg.core.files import check_output_file, output_folder
 from morphreg.errors import MorphregError
-from morphreg.image.io import looks_like_labels, nonfinite_voxels, read_image, write_image
-from morphreg.transforms.io import load_transform
-from morphreg.transforms.warp import warp
 
 console = Console()
 
@@ -37,6 +32,10 @@ def info_cmd(
     labels: bool = typer.Option(None, "--labels/--intensity", help=LABELS_OPTION_HELP),
 ) -> None:
     """Show an image's geometry (origin, spacing, direction in LPS mm), intensity range and labels."""
+    import torch
+    from rich.table import Table
+
+    from morphreg.image.io import looks_like_labels, nonfinite_voxels, read_image
     img = read_image(image, check_finite=False, labels=True)  # as stored: the dtype shown is the file's
     is_labels = looks_like_labels(img, Path(image)) if labels is None else labels
     data = img.data
@@ -75,6 +74,12 @@ def apply_cmd(
     """Resample IMAGE onto the REFERENCE grid through TRANSFORM (backward mapping, world mm).
     Intensity images come out as float32 (integer ones too, like ANTs' default); label maps keep their
     integer type."""
+    import torch
+
+    from morphreg.image.io import read_image, write_image
+    from morphreg.transforms.io import load_transform
+    from morphreg.transforms.warp import warp
+
     check_output_file(output, [transform, image, reference])
     if labels is None and interpolation is not None and interpolation != Interpolation.nearest:
         labels = interpolation == Interpolation.label
@@ -110,6 +115,12 @@ def demo_cmd(
 ) -> None:
     """Make a synthetic phantom pair with a known rigid + smooth deformation, register it with the
     default method, and show how well the known transform was recovered."""
+    import numpy as np
+    import torch
+    from rich.table import Table
+
+    from morphreg.image.io import write_image
+    from morphreg.transforms.warp import warp
     from morphreg.data.phantom import make_phantom_pair
     from morphreg.evaluate import dice
     from morphreg.register import register

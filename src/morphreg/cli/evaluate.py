@@ -69,6 +69,9 @@ def evaluate_cmd(
 def _print_summary(m: dict) -> None:
     from morphreg.evaluate.stats import fmt
 
+    g = m["reference_grid"]
+    console.print(f"measured on {g['source']} grid: {' x '.join(map(str, g['size']))} voxels of "
+                  f"{' x '.join(f'{v:.3g}' for v in g['spacing_mm'])} mm", highlight=False)
     if "overlap" in m:
         console.print(f"mean Dice {fmt(m['initial']['overlap']['mean']['dice'])} -> {fmt(m['overlap']['mean']['dice'])}, "
                       f"mean HD95 {fmt(m['surface']['mean']['hd95_mm'])} mm")

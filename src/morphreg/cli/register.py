@@ -7,7 +7,7 @@ import typer
 from rich.console import Console
 
 
-console = Console()
+console = Console(soft_wrap=True)  # long lines stay whole in logs and pipes
 
 
 def register_cmd(
@@ -55,14 +55,41 @@ def register_cmd(
         result.write(folder)
         if report:
             _write_report(folder, result, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks)
+    print_outcome(result, output, report)
+
+
+def _stage_line(s: dict) -> str:
+    """One console line per stage: method, similarity, objective start -> end, penalties, time."""
+    seconds = sum(s.get("seconds", [0.0]) or [0.0])
+    sim = s.get("similarity") or ("landmarks" if s.get("model") == "tps" else "?")
+    parts = [f"stage {s.get('index')} {s.get('model')}: {sim}"]
+    start, end = s.get("initial_objective"), s.get("final_objective")
+    if isinstance(start, (int, float)) and isinstance(end, (int, float)):
+        parts.append(f"objective {start:.5g} -> {end:.5g} (lower is better)")
+    penalties = [f"{p['name']} x {p.get('weight', 1.0):g}" for p in s.get("penalties") or [] if isinstance(p, dict)]
+    if penalties:
+        parts.append("penalty " + ", ".join(penalties))
+    parts.append(f"{seconds:.1f} s")
+    return "  " + ", ".join(parts) + ("  [red]discarded[/]" if s.get("diverged") else "")
+
+
+def print_outcome(result, output: Path, report: bool) -> None:
+    """Per stage what happened, the warnings in red, the notes, and one line saying where the result
+    went (printed with -q too: -q only hides the progress bar)."""
+    for s in result.stages:
+        console.print(_stage_line(s), highlight=False)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
-    t = result.timings
-    diverged = [f"{s['index']}:{s['model']}" for s in result.stages if s.get("diverged")]
-    console.print(f"[bold]{result.preset}[/] ({result.modality}modal) -> {output}  "
-                  f"final metric {result.final_metric if result.final_metric is None else f'{result.final_metric:.5g}'}, "
-                  f"folding {result.folding_percent:.3f} %, {t['total_s']:.1f} s"
-                  + (f"; discarded diverging stage(s) {', '.join(diverged)}" if diverged else ""), highlight=False)
+    for w in result.warnings:
+        console.print(f"[bold red]warning:[/] {w['text']}", highlight=False)
+    kept = [s for s in result.stages if not s.get("diverged")]
+    last = kept[-1] if kept else None
+    if last is not None and isinstance(result.final_metric, (int, float)):
+        final = f"final objective ({last.get('similarity', '?')}, lower is better) {result.final_metric:.5g}"
+    else:
+        final = "no stage was kept: identity transform" if last is None else f"last stage {last.get('model')}"
+    console.print(f"[bold]{result.preset}[/] ({result.modality}modal) -> {output}: {final}, "
+                  f"folding {result.folding_percent:.3f} %, {result.timings['total_s']:.1f} s", highlight=False)
     if report:
         console.print(f"report: {output / 'report.html'}", highlight=False)
 

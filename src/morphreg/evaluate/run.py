@@ -76,13 +76,20 @@ def evaluate_registration(
         centroid_landmarks: also report TRE between label centroids (one per channel/label).
     """
     notes: list[str] = []
-    ref = reference.grid if isinstance(reference, Image) else reference
-    ref = ref or (fixed_labels.grid if fixed_labels is not None else fixed.grid if fixed is not None else transform.domain())
+    candidates = [("the reference", reference.grid if isinstance(reference, Image) else reference),
+                  ("the fixed labels", None if fixed_labels is None else fixed_labels.grid),
+                  ("the fixed image", None if fixed is None else fixed.grid),
+                  ("the transform's own grid", transform.domain())]
+    source, ref = next(((name, g) for name, g in candidates if g is not None), (None, None))
     if ref is None:
         from morphreg.errors import MorphregError
 
         raise MorphregError("no reference grid: give fixed labels, a fixed image or --reference")
-    out: dict = {"morphreg_metrics": METRICS_VERSION, "reference_grid": _grid_dict(ref)}
+    if source == "the transform's own grid":
+        notes.append("no reference, fixed labels or fixed image given: measured on the grid stored with the transform "
+                     f"({' x '.join(map(str, ref.size))} at {', '.join(f'{v:.3g}' for v in ref.spacing)} mm), which may "
+                     "differ from the fixed image's; give --reference for the fixed grid")
+    out: dict = {"morphreg_metrics": METRICS_VERSION, "reference_grid": {**_grid_dict(ref), "source": source}}
     if fixed_labels is not None and moving_labels is not None:
         shared_labels(fixed_labels, moving_labels)  # a map against a stack, or unequal stacks: refused, not scored 0
         fl = to_reference(fixed_labels, ref, resample, notes, "the fixed label map")

@@ -26,7 +26,8 @@ from morphreg.optim.multires import Level, StageInputs, run_stage
 from morphreg.optim.optimizers import OptimizerConfig
 from morphreg.register.initialize import initialize
 from morphreg.register.presets import STAGE_KEYS, get_preset
-from morphreg.register.result import Result, folding_percent
+from morphreg.evaluate.warnings import merge_warnings, quality_warnings, stage_warnings
+from morphreg.register.result import Result, assess
 from morphreg.register.solvers import SOLVER_MODELS, run_solver_stage
 from morphreg.transforms import CompositeTransform, LinearTransform, ThinPlateSplineTransform, Transform
 from morphreg.transforms.warp import warp
@@ -367,6 +368,9 @@ def register(
             raise MorphregError(f"{exc.problem} (registering {moving_path} onto {fixed_path}, preset {preset_name!r})",
                                 fixed_path) from None
     result.notes = notes + result.notes
+    given = dict(fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_labels=fixed_labels, moving_labels=moving_labels,
+                 fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, rigidity_mask=rigidity_mask)
+    result.inputs = {k: str(v) for k, v in given.items() if isinstance(v, (str, Path))}
     return result
 
 
@@ -446,14 +450,17 @@ def _run(stages, inputs: StageInputs, modality, preset_name, label_weight, landm
     t_warp = time.perf_counter()
     with torch.no_grad():
         warped = warp(moving, transform, fixed.grid, "linear")
-        folding = folding_percent(transform, fixed.grid, inputs.fixed_mask)
+        quality = assess(transform, inverse, fixed.grid, inputs.fixed_mask)
+    warnings = merge_warnings(stage_warnings(report_stages),
+                              quality_warnings(quality, float(np.max(fixed.grid.spacing))))
     summary_times = {"io_s": t_io, "stages_s": [sum(r.get("seconds", [0.0])) for r in report_stages],
                      "warp_s": time.perf_counter() - t_warp, "total_s": time.perf_counter() - t_start}
     final = next((r.get("final_objective") for r in reversed(report_stages) if not r.get("diverged") and "final_objective" in r), None)
     return Result(
         transform=transform, inverse=inverse, warped=warped, fixed=fixed, moving=moving,
         stages=report_stages, timings=summary_times, preset=preset_name, modality=modality,
-        final_metric=final, folding_percent=folding, fixed_path=fixed_path, moving_path=moving_path,
+        final_metric=final, folding_percent=quality["jacobian"]["folding_percent"], fixed_path=fixed_path,
+        moving_path=moving_path, quality=quality, warnings=warnings,
     )
 
 

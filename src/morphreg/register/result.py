@@ -20,12 +20,27 @@ from morphreg.transforms import Transform
 
 def folding_percent(transform: Transform, grid: Grid, mask: Image | None = None) -> float:
     """Share (%) of voxels of ``grid`` (inside ``mask``) where det J of the transform is <= 0."""
+    return assess(transform, None, grid, mask)["jacobian"]["folding_percent"]
+
+
+def assess(transform: Transform, inverse: Transform | None, grid: Grid, mask: Image | None = None) -> dict:
+    """What the result's warnings are decided from (:mod:`morphreg.evaluate.warnings`): det J
+    statistics on ``grid`` (inside ``mask``), and on a grid of half the resolution (enough for these
+    checks, a quarter of the points) the displacement size and the inverse consistency."""
+    from morphreg.evaluate import displacement_magnitude, inverse_consistency, jacobian_determinant, jacobian_stats
+
+    inside = None if mask is None else (mask.data[0] > 0.5).cpu().numpy()
     if transform.linear:
         det = float(torch.linalg.det(transform.matrix().detach().double()))
-        return 0.0 if det > 0 else 100.0
-    det = transform.jacobian_determinant(grid)[0]
-    inside = torch.ones_like(det, dtype=torch.bool) if mask is None else mask.data[0] > 0.5
-    return float(100.0 * ((det <= 0) & inside).sum() / inside.sum().clamp_min(1))
+        det_j = np.full(grid.shape, det)
+    else:
+        det_j = jacobian_determinant(transform, grid)
+    coarse = grid.downsample(2)
+    quality = {"jacobian": jacobian_stats(det_j, inside),
+               "displacement": {"max_mm": float(displacement_magnitude(transform, coarse).max())}}
+    if inverse is not None:
+        quality["inverse_consistency"] = inverse_consistency(transform, inverse, coarse)
+    return quality
 
 
 def _plain(x):
@@ -61,6 +76,9 @@ class Result:
         final_metric: objective of the last kept stage at full resolution (lower is better).
         folding_percent: share of fixed voxels (inside the fixed mask) with det J <= 0.
         notes: what was done to the inputs that the user should know (e.g. a mask resampled).
+        quality: det J statistics, largest displacement and inverse consistency (:func:`assess`).
+        warnings: what deserves a red flag, ``{"kind", "text"}`` (:mod:`morphreg.evaluate.warnings`).
+        inputs: the paths of the labels, masks and landmarks given (for the report).
     """
 
     transform: Transform
@@ -77,6 +95,9 @@ class Result:
     fixed_path: str | None = None
     moving_path: str | None = None
     notes: list[str] = field(default_factory=list)
+    quality: dict = field(default_factory=dict)
+    warnings: list[dict] = field(default_factory=list)
+    inputs: dict = field(default_factory=dict)
 
     @property
     def trace(self) -> list[list[list[float]]]:
@@ -99,6 +120,9 @@ class Result:
             "timings": self.timings,
             "has_inverse": self.inverse is not None,
             "notes": self.notes,
+            "warnings": self.warnings,
+            "quality": self.quality,
+            "inputs": self.inputs,
             "transform_direction": "fixed -> moving (warped = moving sampled at T(x) for x on the fixed grid)",
             "trace": self.trace,
         })

@@ -19,6 +19,7 @@ import torch
 
 from morphreg.core.files import atomic_path
 from morphreg.errors import MorphregError
+from morphreg.evaluate.warnings import merge_warnings, quality_warnings, stage_warnings
 from morphreg.image.image import Image
 from morphreg.image.io import read_image
 from morphreg.transforms.base import Transform
@@ -94,15 +95,10 @@ def _img(data: bytes, mime: str, caption: str, alt: str) -> str:
     return f"<figure><img alt='{_e(alt)}' src='data:{mime};base64,{b64}'><figcaption>{_e(caption)}</figcaption></figure>"
 
 
-def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
-    """Nested parameters as ("a.b.c", value) rows."""
-    out: list[tuple[str, object]] = []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out += _flat(v, f"{prefix}{k}.")
-        else:
-            out.append((f"{prefix}{k}", v))
-    return out
+def _short(path) -> str:
+    """A file with its folder ("fixed_images/obs003.nii.gz"): pairs often share file names."""
+    p = Path(str(path))
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
 def _resolve(result_dir: Path, p) -> Path | None:
@@ -173,21 +169,39 @@ def _geometry_rows(images: dict[str, Image | None], summary: dict) -> list[list]
 
 
 def _times(summary: dict) -> str:
+    """Seconds for reading the inputs, each stage (by name) and the final warp, from summary.json."""
+    t = summary.get("timings") or {}
+    stages = summary.get("stages", [])
     items: list[tuple[str, float]] = []
-    for key, val in summary.items():
-        if "time" not in key.lower():
-            continue
-        if isinstance(val, dict):
-            items += [(f"{k}", float(v)) for k, v in val.items() if isinstance(v, (int, float))]
-        elif isinstance(val, list):
-            items += [(f"{key} [{i}]", float(v)) for i, v in enumerate(val) if isinstance(v, (int, float))]
-        elif isinstance(val, (int, float)):
-            items.append((key, float(val)))
+    if isinstance(t.get("io_s"), (int, float)):
+        items.append(("reading and checking the inputs", float(t["io_s"])))
+    for i, v in enumerate(t.get("stages_s") or []):
+        st = stages[i] if i < len(stages) else {}
+        items.append((f"stage {i}: {st.get('model', '?')}" + (" (discarded)" if st.get("diverged") else ""), float(v)))
+    if isinstance(t.get("warp_s"), (int, float)):
+        items.append(("final warp and checks", float(t["warp_s"])))
     if not items:
         return "<p class='note'>No timing information in summary.json.</p>"
     top = max(v for _, v in items) or 1.0
     rows = [[name, f"{v:.2f} s", _Raw(f"<span class='bar' style='width:{max(2, int(240 * v / top))}px'></span>")] for name, v in items]
-    return _table(["stage", "time", ""], rows)
+    if isinstance(t.get("total_s"), (int, float)):
+        rows.append([_Raw("<b>total registration</b>"), f"{float(t['total_s']):.2f} s", ""])
+    return _table(["step", "time", ""], rows)
+
+
+def _stage_rows(summary: dict) -> list[list]:
+    """One row per stage: what it optimised, how, and how it ended."""
+    rows = []
+    for st in summary.get("stages", []):
+        levels = "; ".join(f"1/{lv[0]:g}: {lv[2]} it" for lv in st.get("levels", []) if isinstance(lv, (list, tuple)) and len(lv) >= 3)
+        penalties = ", ".join(f"{p.get('name')} x {p.get('weight', 1)}" for p in st.get("penalties") or [] if isinstance(p, dict))
+        params = ", ".join(f"{k}={json.dumps(v)}" for k, v in (st.get("model_params") or {}).items())
+        opt = st.get("optimizer") or {}
+        outcome = (f"<span class='bad'>discarded</span>" if st.get("diverged") else "kept")
+        rows.append([f"{st.get('index')}: {st.get('model')}", st.get("similarity", "n/a"), levels or "n/a",
+                     penalties or "none", params or "none", f"{opt.get('name', 'n/a')} lr {opt.get('lr', 'n/a')}",
+                     _Raw(f"{_fmt(st.get('initial_objective'))} &rarr; {_fmt(st.get('final_objective'))}"), _Raw(outcome)])
+    return rows
 
 
 def _label_rows(m: dict) -> list[list]:
@@ -224,28 +238,30 @@ def _num(v) -> float:
 
 
 def _warnings(m: dict, res: _Result) -> list[str]:
-    out = list(res.warnings)
-    fold = _num(m.get("transform", {}).get("jacobian", {}).get("folding_percent"))
-    if not math.isfinite(fold):
-        fold = _num(res.summary.get("folding_percent"))
-    if fold > 0:
-        n = m.get("transform", {}).get("jacobian", {}).get("folded_voxels")
-        out.append(f"The transform folds: {fold:.3g}% of voxels ({n if n is not None else '?'}) have det J <= 0 "
-                   "(tissue would overlap itself); the deformation is not physically plausible there.")
+    """The registration's own warnings (summary.json), the same checks on the measures made here
+    (for results of earlier versions), and what the measures show got worse."""
+    s = res.summary
+    grid = m.get("reference_grid", {})
+    voxel = max(grid.get("spacing_mm") or [1.0])
+    found = [{"kind": f"report:{i}", "text": w} for i, w in enumerate(res.warnings)]
     for key, name in (("tre", "Landmark TRE"), ("centroid_tre", "Centroid TRE")):
         t = m.get(key)
         if t and _num(t["final"].get("mean_mm")) > _num(t["initial"].get("mean_mm")) + 1e-9:
-            out.append(f"{name} got worse: {t['initial']['mean_mm']:.3g} mm before, {t['final']['mean_mm']:.3g} mm after registration.")
+            found.append({"kind": key, "text": f"{name} got worse: {t['initial']['mean_mm']:.3g} mm before, "
+                                               f"{t['final']['mean_mm']:.3g} mm after registration"})
     d0 = _num(m.get("initial", {}).get("overlap", {}).get("mean", {}).get("dice"))
     d1 = _num(m.get("overlap", {}).get("mean", {}).get("dice"))
     if d1 < d0 - 1e-9:
-        out.append(f"Mean Dice got worse: {d0:.3f} before, {d1:.3f} after registration.")
-    for note in m.get("notes", []):
+        found.append({"kind": "dice", "text": f"Mean Dice got worse: {d0:.3f} before, {d1:.3f} after registration"})
+    for i, note in enumerate(m.get("notes", [])):
         if "missing" in note or "empty" in note:
-            out.append(f"Labels missing: {note}.")
-    if (res.summary.get("fixed_labels") is None) != (res.summary.get("moving_labels") is None):
-        out.append("Only one label map is named in summary.json: no overlap measures.")
-    return out
+            found.append({"kind": f"labels:{i}", "text": f"Labels missing: {note}"})
+    inputs = s.get("inputs", {})
+    if (inputs.get("fixed_labels") is None) != (inputs.get("moving_labels") is None):
+        found.append({"kind": "one_label_map", "text": "Only one label map is named in summary.json: no overlap measures"})
+    merged = merge_warnings(s.get("warnings", []), stage_warnings(s.get("stages", [])),
+                            quality_warnings(m.get("transform", {}), float(voxel)), found)
+    return [w["text"][:1].upper() + w["text"][1:] for w in merged]
 
 
 def _cards(m: dict) -> str:
@@ -346,7 +362,7 @@ def build_report(result_dir: str | Path, out_html: str | Path, title: str | None
     plt.close("all")
 
     s = res.summary
-    name = title or f"Registration report: {Path(str(s.get('moving', 'moving'))).name} → {Path(str(s.get('fixed', 'fixed'))).name}"
+    name = title or f"Registration report: {_short(s.get('moving', 'moving'))} → {_short(s.get('fixed', 'fixed'))}"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(name)}</title>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
              f"<style>{CSS}</style>{CHECK_JS}</head><body>",
@@ -362,11 +378,14 @@ def build_report(result_dir: str | Path, out_html: str | Path, title: str | None
     parts.append("<section><h2>Inputs and geometry</h2>" + _table(["input", "size (x, y, z)", "spacing (mm)", "origin (mm, LPS)", "direction", "type"],
                  _geometry_rows(res.images, s)) + f"<p class='note'>Transform file: <code>{_e(res.transform_file)}</code> "
                  f"({_e(type(res.transform).__name__)})</p></section>")
-    method = [["preset", s.get("preset", "n/a")]] + [[k, json.dumps(v) if isinstance(v, (list, tuple)) else v] for k, v in _flat(s.get("parameters", {}))]
-    for key in ("final_metric", "iterations", "device", "seed", "morphreg_version"):
+    method = [["preset", s.get("preset", "n/a")], ["modality", s.get("modality", "n/a")]]
+    for key in ("final_metric", "device", "seed", "morphreg_version"):
         if key in s:
             method.append([key, s[key] if not isinstance(s[key], (dict, list)) else json.dumps(s[key])])
-    parts.append("<section><h2>Method and parameters</h2>" + _table([], method, "kv") + "<h3>Time per stage</h3>" + _times(s) + "</section>")
+    stages = _table(["stage", "similarity", "levels (shrink: iterations)", "penalties", "model parameters", "optimiser",
+                     "objective start → end (lower is better)", "outcome"], _stage_rows(s)) if s.get("stages") else ""
+    parts.append("<section><h2>Method and parameters</h2>" + _table([], method, "kv") + stages
+                 + "<h3>Time per stage</h3>" + _times(s) + "</section>")
     parts.append("<section><h2>Measures</h2>")
     if "overlap" in metrics:
         parts.append("<h3>Label overlap and surface distance (per structure)</h3>" + _table(

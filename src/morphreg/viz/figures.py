@@ -7,6 +7,7 @@ left of the screen), in mm, with the orientation letters at the borders.
 from __future__ import annotations
 
 import io
+import textwrap
 
 import matplotlib
 
@@ -75,9 +76,13 @@ def _layout(grid: Grid, rows: list[str], center, title: str, extra_width: float 
     shape = lps_array(np.zeros(grid.shape, bool), grid)[0].shape
     ps = planes(shape, spacing, center)
     ncol = len(ps)
-    fig = Figure(figsize=(3.4 * ncol + extra_width, 3.3 * len(rows) + 0.5), dpi=DPI, layout="constrained")
+    width = 3.4 * ncol + extra_width
+    # Bold 12 pt text is ~0.11 inch a character: a long title on a one-column (2D) figure is wrapped,
+    # not clipped at the figure's edge.
+    lines = textwrap.wrap(title, max(20, int(width / 0.11)))
+    fig = Figure(figsize=(width, 3.3 * len(rows) + 0.3 + 0.2 * len(lines)), dpi=DPI, layout="constrained")
     axes = np.asarray(fig.subplots(len(rows), ncol, squeeze=False))
-    fig.suptitle(title, fontsize=12, fontweight="bold")
+    fig.suptitle("\n".join(lines), fontsize=12, fontweight="bold")
     for r, row in enumerate(rows):
         for c, p in enumerate(ps):
             ax = axes[r, c]
