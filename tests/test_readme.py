@@ -45,7 +45,7 @@ def readme_files(tmp_path, monkeypatch, one_thread):
 
 def test_readme_commands_run_as_written(readme_files, capsys):
     commands = _commands()
-    assert len(commands) >= 9 and all(c[0] == "morphreg" for c in commands)
+    assert len(commands) >= 13 and all(c[0] == "morphreg" for c in commands)
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for command in commands:
@@ -53,17 +53,25 @@ def test_readme_commands_run_as_written(readme_files, capsys):
                 for folder in ("a", "b"):
                     (readme_files / folder).mkdir(exist_ok=True)
                     shutil.copy(readme_files / "metrics.json", readme_files / folder / "metrics.json")
+            redirect = command[command.index(">") + 1] if ">" in command else None
+            args = command[1: command.index(">")] if redirect else command[1:]
+            capsys.readouterr()
             with pytest.raises(SystemExit) as done:
-                main(command[1:])
-            assert done.value.code in (0, None), (command, capsys.readouterr().err)
+                main(args)
+            captured = capsys.readouterr()
+            assert done.value.code in (0, None), (command, captured.err)
+            if redirect:  # "> FILE" as the shell would do it
+                (readme_files / redirect).write_text(captured.out, encoding="utf-8")
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
-    for output in ("out/summary.json", "out/transform.h5", "warped.nii.gz", "metrics.json", "report.html"):
+    for output in ("out/summary.json", "out/transform.h5", "out2/warped.mha", "warped.nii.gz", "warped_labels.nii.gz",
+                   "metrics.json", "report.html", "my.yaml"):
         assert (readme_files / output).is_file(), output
 
 
-def test_readme_python_example_runs(readme_files):
+def test_readme_python_example_runs(readme_files, capsys):
     (block,) = _section_blocks("Using it", "python")
     exec(compile(block, "README.md", "exec"), {})
-    assert (readme_files / "transform.h5").is_file()
+    assert (readme_files / "transform.h5").is_file() and (readme_files / "out" / "summary.json").is_file()
+    assert "svf" in capsys.readouterr().out

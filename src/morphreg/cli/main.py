@@ -153,3 +153,7 @@ app.command("report")(report_cmd)
 from morphreg.cli.register import register_cmd  # noqa: E402
 
 app.command("register")(register_cmd)
+
+from morphreg.cli.presets import presets_app  # noqa: E402
+
+app.add_typer(presets_app, name="presets")

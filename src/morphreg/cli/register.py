@@ -6,6 +6,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from morphreg.errors import MorphregError
+
 
 console = Console(soft_wrap=True)  # long lines stay whole in logs and pipes
 
@@ -34,7 +36,20 @@ def register_cmd(
     modality: str = typer.Option("auto", "--modality", help="auto | mono | multi (chooses the default metrics)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Random seed (stochastic optimisers)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    preset_file: Path = typer.Option(None, "--preset-file", help="YAML list of stages with the schema of 'morphreg "
+                                     "presets show NAME' (used instead of --preset)."),
+    set_: list[str] = typer.Option(None, "--set", help="Change a preset parameter, repeatable: [STAGE.]KEY[.SUBKEY]=VALUE, "
+                                   "STAGE an index or model name (default: every stage), VALUE in YAML; e.g. "
+                                   "--set 2.levels='[[4,1vox,60],[2,0,30]]', --set svf.penalties='[{name: diffusion, "
+                                   "weight: 0.1}]', --set bspline.model_params.control_spacing_mm=15, --set optimizer.lr=0.2."),
+    initial_transform: Path = typer.Option(None, "--initial-transform", "-t0", help="Start from this fixed -> moving "
+                                           "transform (ITK/ANTs/elastix file or .pt; ANTs --initial-moving-transform, "
+                                           "elastix -t0) instead of the preset's own initialisation."),
+    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch and ITK (default: all cores)."),
+    image_format: str = typer.Option("auto", "--format", help="Image files of the result: nii.gz | nii | mha | nrrd; "
+                                     "auto = the fixed image's (NIfTI for DICOM folders and PNG/TIFF)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (the per-stage lines and the result are "
+                               "still printed)."),
     report: bool = typer.Option(False, "--report", help="Also write OUT/report.html (and OUT/metrics.json when labels "
                                 "or landmarks are given): measures, parameters, QC pictures."),
 ) -> None:
@@ -43,19 +58,54 @@ def register_cmd(
     from morphreg.core.files import output_folder
     from morphreg.register import register
 
+    from morphreg.register.presets import load_preset_file, parse_override
+
+    suffix = result_suffix(fixed, image_format)
+    stages = load_preset_file(preset_file) if preset_file is not None else preset
+    overrides: dict = {}
+    for item in set_ or []:
+        overrides.update(parse_override(item))
+    set_threads(threads)
     inputs = [fixed, moving, fixed_mask, moving_mask, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks,
-              rigidity_mask]
+              rigidity_mask, initial_transform, preset_file]
     with output_folder(output, inputs, overwrite) as folder:  # checked and locked before the work starts
         result = register(
-            fixed, moving, preset, fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_labels=fixed_labels,
+            fixed, moving, stages, fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_labels=fixed_labels,
             moving_labels=moving_labels, label_weight=label_weight, fixed_landmarks=fixed_landmarks,
-            moving_landmarks=moving_landmarks, rigidity_mask=rigidity_mask, metric=metric, modality=modality,
-            device=device, seed=seed, progress=not quiet,
+            moving_landmarks=moving_landmarks, rigidity_mask=rigidity_mask, initial_transform=initial_transform,
+            metric=metric, modality=modality, device=device, seed=seed, progress=not quiet, **overrides,
         )
-        result.write(folder)
+        if preset_file is not None:
+            result.preset = f"{preset_file.name} (preset file)"
+        result.write(folder, suffix)
         if report:
             _write_report(folder, result, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks)
     print_outcome(result, output, report)
+
+
+IMAGE_FORMATS = (".nii.gz", ".nii", ".mha", ".nrrd")
+
+
+def result_suffix(fixed: Path, image_format: str) -> str:
+    """The image suffix of a result: the fixed image's format (auto) or the one asked for."""
+    if image_format == "auto":
+        name = fixed.name.lower()
+        return next((f for f in IMAGE_FORMATS if name.endswith(f)), ".nii.gz")
+    suffix = "." + image_format.lstrip(".").lower()
+    if suffix not in IMAGE_FORMATS:
+        raise MorphregError(f"--format {image_format!r}: choose from {', '.join(f[1:] for f in IMAGE_FORMATS)} or auto")
+    return suffix
+
+
+def set_threads(threads: int | None) -> None:
+    """``threads`` CPU threads for torch and ITK (None: their defaults, all cores)."""
+    if threads is None:
+        return
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
 def _stage_line(s: dict) -> str:

@@ -210,10 +210,17 @@ def apply_overrides(stages: list[dict], overrides: dict) -> list[dict]:
             if target and target != str(i) and target != stage.get("model"):
                 continue
             if name in MERGED_KEYS and isinstance(value, dict):
-                stage[name] = {**stage.get(name, {}), **value}
+                stage[name] = _deep_merge(stage.get(name) or {}, value)
             else:
                 stage[name] = copy.deepcopy(value)
     return stages
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
 
 
 def resolve_levels(levels, fixed: Image) -> list[Level]:
@@ -272,6 +279,7 @@ def register(
     moving_landmarks=None,
     landmark_weight: float = 1.0,
     rigidity_mask=None,
+    initial_transform=None,
     metric: str | None = None,
     modality: str = "auto",
     device: str = "cpu",
@@ -295,6 +303,10 @@ def register(
         fixed_landmarks, moving_landmarks: corresponding points (K, dim) mm, CSV files or label
             images; they add ``landmark_weight * mean |T(p) - q|^2 / (10 mm)^2`` (and drive "tps").
         rigidity_mask: fixed-grid mask used by penalties with ``"mask": "rigidity"``.
+        initial_transform: a fixed -> moving Transform or transform file (ANTs'
+            ``--initial-moving-transform``, elastix' ``-t0``) the first stage starts from, instead of
+            its own initialisation; a linear one is refined by linear stages, a deformable one can only
+            be followed by deformable stages.
         metric: similarity for every stage (overrides the preset and the modality choice).
         modality: "auto" (from the intensity distributions), "mono" or "multi".
         device: "cpu" or "cuda".
@@ -334,6 +346,7 @@ def register(
         where = moving_landmarks if p.shape[-1] == fixed.dim else fixed_landmarks
         raise MorphregError(f"landmarks must be two (K, {fixed.dim}) sets of the same size; got {tuple(p.shape)} (fixed) "
                             f"and {tuple(q.shape)} (moving)", where if isinstance(where, (str, Path)) else None)
+    initial = _initial_transform(initial_transform, fixed)
     if modality not in ("auto", "mono", "multi"):
         raise MorphregError(f"modality must be auto, mono or multi, not {modality!r}")
     modality = detect_modality(fixed, moving) if modality == "auto" else modality
@@ -347,6 +360,9 @@ def register(
     if metric is not None:
         overrides = {"similarity": metric, **overrides}
     stages = apply_overrides(stages, overrides)
+    if initial is not None and not isinstance(initial, LinearTransform) and stages[0].get("model") in LINEAR_MODELS:
+        raise MorphregError(f"the initial transform is deformable: a {stages[0]['model']} stage cannot follow it "
+                            "(choose a deformable preset)", initial_transform if isinstance(initial_transform, (str, Path)) else None)
     inputs = StageInputs(fixed, moving, fmask, mmask, fl, ml, None if p is None else (p, q),
                          {"rigidity": rmask} if rmask is not None else {})
     t_io = time.perf_counter() - t_start
@@ -360,7 +376,7 @@ def register(
         torch.manual_seed(int(seed))
         try:
             result = _run(stages, inputs, modality, preset_name, label_weight, landmark_weight, seed, progress,
-                          fixed_path, moving_path, t_io, t_start)
+                          fixed_path, moving_path, t_io, t_start, initial)
         except MorphregError as exc:
             if exc.path is not None:
                 raise
@@ -369,16 +385,22 @@ def register(
                                 fixed_path) from None
     result.notes = notes + result.notes
     given = dict(fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_labels=fixed_labels, moving_labels=moving_labels,
-                 fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, rigidity_mask=rigidity_mask)
+                 fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, rigidity_mask=rigidity_mask,
+                 initial_transform=initial_transform)
     result.inputs = {k: str(v) for k, v in given.items() if isinstance(v, (str, Path))}
     return result
 
 
 def _run(stages, inputs: StageInputs, modality, preset_name, label_weight, landmark_weight, seed, progress,
-         fixed_path, moving_path, t_io, t_start) -> Result:
+         fixed_path, moving_path, t_io, t_start, initial: Transform | None = None) -> Result:
     fixed, moving = inputs.fixed, inputs.moving
-    transform: Transform | None = None
+    transform: Transform | None = initial
     inverse: Transform | None = None
+    if initial is not None:
+        try:
+            inverse = initial.inverse(grid=moving.grid)
+        except (ValueError, MorphregError, NotImplementedError):
+            inverse = None  # the result then has no inverse either
     report_stages = []
     bar = _progress() if progress else None
     if bar is not None:
@@ -462,6 +484,40 @@ def _run(stages, inputs: StageInputs, modality, preset_name, label_weight, landm
         final_metric=final, folding_percent=quality["jacobian"]["folding_percent"], fixed_path=fixed_path,
         moving_path=moving_path, quality=quality, warnings=warnings,
     )
+
+
+def _initial_transform(given, fixed: Image) -> Transform | None:
+    """The user's starting transform (a Transform or a file), checked against the fixed image."""
+    if given is None:
+        return None
+    from morphreg.transforms.io import load_transform
+
+    t = load_transform(given) if isinstance(given, (str, Path)) else given
+    if not isinstance(t, Transform):
+        raise MorphregError(f"initial transform must be a Transform or a file, got {type(t).__name__}")
+    if t.dim != fixed.dim:
+        raise MorphregError(f"initial transform is {t.dim}D but the fixed image ({fixed.name}) is {fixed.dim}D",
+                            given if isinstance(given, (str, Path)) else None)
+    for prm in t.parameters():
+        prm.requires_grad_(False)
+    return t if isinstance(t, LinearTransform) else _as_affine(t, fixed.grid) or t
+
+
+def _as_affine(t: Transform, grid) -> Transform | None:
+    """An AffineTransform equal to ``t`` (e.g. an ITK composite of rigid and affine parts) when ``t``
+    is affine over ``grid`` (to 1e-4 mm), so that linear stages can refine it; else None."""
+    from morphreg.transforms import AffineTransform
+
+    with torch.no_grad():
+        dim = grid.dim
+        origin = torch.zeros(1, dim, dtype=torch.float64)
+        b = t.points(origin.float()).double()[0]
+        a = torch.stack([t.points(torch.eye(dim, dtype=torch.float32)[i:i + 1]).double()[0] - b for i in range(dim)], 1)
+        probe = grid.downsample(4).points(dtype=torch.float64).reshape(-1, dim)
+        err = (t.points(probe.float()).double() - (probe @ a.T + b)).norm(dim=-1).max()
+    if float(err) > 1e-4 * max(1.0, float(probe.abs().max())):
+        return None
+    return AffineTransform(dim, matrix=a.numpy(), translation=b.numpy())
 
 
 def _initialize(inputs: StageInputs, name: str, params: dict) -> Transform:

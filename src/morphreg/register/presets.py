@@ -173,3 +173,63 @@ def get_preset(name: str) -> list[dict]:
 
 STAGE_KEYS = ("model", "model_params", "similarity", "similarity_params", "penalties", "optimizer", "levels",
               "init", "label_weight", "landmark_weight", "similarity_weight", "label_sigma_mm", "guard", "fov_mask")
+
+
+def parse_override(item: str) -> dict:
+    """One command-line override ``KEY=VALUE`` as a ``register(**overrides)`` entry.
+
+    KEY is ``[STAGE.]key[.subkey...]``: STAGE a stage index or model name (every stage when absent),
+    key one of :data:`STAGE_KEYS`, subkeys inside a dict-valued key. VALUE is YAML (``null``, numbers,
+    lists, ``{name: diffusion, weight: 0.1}``). ``2.levels=[[4,1vox,60],[2,0,30]]`` ->
+    ``{"2.levels": [[4, "1vox", 60], [2, 0, 30]]}``; ``bspline.model_params.control_spacing_mm=15`` ->
+    ``{"bspline.model_params": {"control_spacing_mm": 15}}``.
+    """
+    import yaml
+
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    where = next((i for i, p in enumerate(parts) if p in STAGE_KEYS), None)
+    if not sep or where is None:
+        raise MorphregError(f"--set {item!r}: expected [STAGE.]KEY[.SUBKEY]=VALUE with KEY one of {', '.join(STAGE_KEYS)}")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MorphregError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+    for sub in reversed(parts[where + 1:]):
+        value = {sub: value}
+    return {".".join(parts[: where + 1]): value}
+
+
+def load_preset_file(path) -> list[dict]:
+    """Stages from a YAML file with the schema of the built-in presets (``morphreg presets show NAME``):
+    a list of stage dicts, or ``{"stages": [...]}``."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise MorphregError("preset file not found", path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise MorphregError(f"not valid YAML: {str(exc).splitlines()[0]}", path) from None
+    stages = data.get("stages") if isinstance(data, dict) else data
+    if not isinstance(stages, list) or not stages or not all(isinstance(s, dict) and "model" in s for s in stages):
+        raise MorphregError("a preset file holds a list of stages, each a mapping with a 'model' key", path)
+    for i, stage in enumerate(stages):
+        unknown = sorted(set(stage) - set(STAGE_KEYS))
+        if unknown:
+            raise MorphregError(f"stage {i}: unknown key(s) {', '.join(unknown)} (stage keys: {', '.join(STAGE_KEYS)})", path)
+    return stages
+
+
+def preset_yaml(name: str) -> str:
+    """The named preset as YAML, loadable with ``--preset-file``."""
+    import yaml
+
+    class NoAliases(yaml.SafeDumper):  # stages share dicts in the source; spell each one out
+        def ignore_aliases(self, data):
+            return True
+
+    return yaml.dump({"stages": get_preset(name)}, Dumper=NoAliases, sort_keys=False, default_flow_style=None)

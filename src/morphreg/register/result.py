@@ -136,19 +136,24 @@ class Result:
             self.write(tmp)
         return out_dir
 
-    def write(self, folder: Path) -> None:
-        """Write warped.nii.gz, transform.h5 (ITK composite), displacement.nii.gz (fixed grid, mm),
-        inverse_displacement.nii.gz (moving grid; when there is an inverse) and summary.json into an
-        existing ``folder`` (normally the temporary folder of :func:`morphreg.core.files.output_folder`)."""
-        jobs = [lambda: write_image(self.warped, folder / "warped.nii.gz"),
-                lambda: self.transform.save(folder / "transform.h5", grid=self.fixed.grid),
-                lambda: self.transform.save(folder / "displacement.nii.gz", grid=self.fixed.grid)]
+    def write(self, folder: Path, image_suffix: str = ".nii.gz") -> None:
+        """Write warped<suffix>, transform.h5 (ITK composite), displacement<suffix> (fixed grid, mm),
+        inverse_displacement<suffix> (moving grid; when there is an inverse) and summary.json (which
+        lists them under "outputs") into an existing ``folder`` (normally the temporary folder of
+        :func:`morphreg.core.files.output_folder`). ``image_suffix``: .nii.gz, .nii, .mha or .nrrd."""
+        outputs = {"warped": f"warped{image_suffix}", "transform": "transform.h5",
+                   "displacement": f"displacement{image_suffix}"}
+        jobs = [lambda: write_image(self.warped, folder / outputs["warped"]),
+                lambda: self.transform.save(folder / outputs["transform"], grid=self.fixed.grid),
+                lambda: self.transform.save(folder / outputs["displacement"], grid=self.fixed.grid)]
         if self.inverse is not None:
-            jobs.append(lambda: self.inverse.save(folder / "inverse_displacement.nii.gz", grid=self.moving.grid))
+            outputs["inverse_displacement"] = f"inverse_displacement{image_suffix}"
+            jobs.append(lambda: self.inverse.save(folder / outputs["inverse_displacement"], grid=self.moving.grid))
         # gzip in SimpleITK and torch both release the GIL: the files are written side by side
         # (brain T1, 4 files: 9.2 s -> 6.8 s on 2 cores). Leaving the pool waits for every writer, also
         # on an error or a signal, so the caller's clean-up never races a writer.
         with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
             for job in [pool.submit(j) for j in jobs]:
                 job.result()
-        (folder / "summary.json").write_text(json.dumps(self.summary(), indent=2), encoding="utf-8")
+        summary = {**self.summary(), "outputs": outputs}
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

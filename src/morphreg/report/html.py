@@ -339,17 +339,19 @@ def build_report(result_dir: str | Path, out_html: str | Path, title: str | None
     if grid is None:
         raise MorphregError("cannot tell the fixed grid: summary.json names no fixed image and the transform has no grid", result_dir)
     warped = None
-    if (result_dir / "warped.nii.gz").exists():
-        warped = read_image(result_dir / "warped.nii.gz", check_finite=False).float()
+    outputs = {"warped": "warped.nii.gz", "inverse_displacement": "inverse_displacement.nii.gz",
+               **(res.summary.get("outputs") or {})}  # the file names the result lists (its image format)
+    if (result_dir / outputs["warped"]).exists():
+        warped = read_image(result_dir / outputs["warped"], check_finite=False, labels=False)
         if not warped.grid.same_as(grid):
-            res.notes.append("warped.nii.gz is not on the fixed grid: the moving image was re-warped for the pictures")
+            res.notes.append(f"{outputs['warped']} is not on the fixed grid: the moving image was re-warped for the pictures")
             warped = None
     if warped is None and mv is not None:
         with torch.no_grad():
             warped = warp(mv.float(), res.transform, grid, "linear")
     inverse = None
-    if (result_dir / "inverse_displacement.nii.gz").exists():
-        inverse = load_transform(result_dir / "inverse_displacement.nii.gz")
+    if (result_dir / outputs["inverse_displacement"]).exists():
+        inverse = load_transform(result_dir / outputs["inverse_displacement"])
     metrics = res.metrics
     if metrics is None:
         metrics = evaluate_registration(res.transform, fl, ml, reference=grid, inverse=inverse, fixed=fx, moving=mv)
