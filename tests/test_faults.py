@@ -186,8 +186,8 @@ SLOW_WRITE = """
 import sys, time
 from morphreg.register.result import Result
 write = Result.write
-def slow_write(self, folder):
-    write(self, folder)
+def slow_write(self, folder, *args, **kwargs):
+    write(self, folder, *args, **kwargs)
     (folder / "WRITING").touch()
     time.sleep(60)
 Result.write = slow_write
