@@ -219,7 +219,8 @@ def test_signal_exits_128_plus_signal_with_no_output_and_no_temporaries(tmp_path
     args = ["register", str(pair_files / "fixed3.nii.gz"), str(pair_files / "moving3.nii.gz"), "-o", str(out), "-q"]
     command = [sys.executable, "-c", SLOW_WRITE, *args] if during == "writing" else \
         [sys.executable, "-c", "from morphreg.cli.main import main; main()", *args]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path.parent / "cache")}  # a crash log, if any, stays out of ~
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         _wait_for(tmp_path, ".out.morphreg-", "WRITING" if during == "writing" else None, proc)
         proc.send_signal(sig)
