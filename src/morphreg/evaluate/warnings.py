@@ -59,6 +59,8 @@ def stage_warnings(stages: list[dict]) -> list[dict]:
                 why += f" ({guard['similarity']} {guard.get('before', float('nan')):.4g} -> {guard.get('after', float('nan')):.4g})"
             if guard.get("move_mm") is not None:
                 why += f", it moved the region by {guard['move_mm']:.3g} mm"
+            if guard.get("det_j_range") is not None:
+                why += f", det J {guard['det_j_range'][0]:.3g}..{guard['det_j_range'][1]:.3g}"
         else:
             why = (f"its objective got worse ({s.get('initial_objective', float('nan')):.5g} -> "
                    f"{s.get('final_objective', float('nan')):.5g})")

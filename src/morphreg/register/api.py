@@ -134,14 +134,39 @@ def read_landmarks(x, what: str) -> torch.Tensor | None:
 
 
 def detect_modality(fixed: Image, moving: Image) -> str:
-    """"mono" when the two images look like the same kind of image, else "multi".
+    """"mono" when the two images look like the same kind of image, else "multi"
+    (:func:`modality_evidence` says why)."""
+    return modality_evidence(fixed, moving)["modality"]
 
-    Two tests must both pass for "mono": (1) the quantile functions of both images, each scaled to its
-    1st..99th percentile range, differ by less than 0.1 on average; (2) the images, smoothed (sigma =
-    2 coarsest voxels) and overlaid as they are (same world frame), correlate: NCC >= 0.5. Intensity
-    histograms alone cannot tell smoothed ultrasound from MR (prostate TRUS vs MR pairs differ by only
-    0.015..0.2 in test 1), but they never correlate (NCC -0.4..0.3 over 78 pairs), while same-modality
-    pairs that need registering still do (brain T1 pair 0.93, CT head pair 0.90).
+
+# Thresholds of modality_evidence, measured (RESULTS.md, session 5). Foreground NCC after the coarse MI
+# rigid alignment: same contrast 0.29..1.0 (brain T1 pair 0.84 both ways, phantoms 0.90..0.97, each head
+# slice against itself moved 10 mm: 1.0, 15 mm + 15 deg: 0.43..0.45, 25 mm + 20 deg: 0.29..0.41, where
+# the coarse alignment stops short); different contrast -0.30..0.07 (the T1 / T2 head pair of
+# ct_head_2d both ways and moved as above). Contrast-inverted copies fail test 1 or 2 already; all 78
+# prostate TRUS / MR pairs fail test 2.
+QUANTILE_GAP_MAX = 0.1
+OVERLAY_NCC_MIN = 0.5
+ALIGNED_FOREGROUND_NCC_MIN = 0.2
+DETECTION_VOXELS = 100_000
+
+
+def modality_evidence(fixed: Image, moving: Image) -> dict:
+    """Whether two images show the same contrast, from three tests that must all pass for "mono":
+
+    1. the quantile functions of both images, each scaled to its 1st..99th percentile range, differ
+       by less than 0.1 on average (intensity histograms alone cannot tell smoothed ultrasound from
+       MR: prostate TRUS vs MR pairs differ by only 0.015..0.2 here);
+    2. the images, smoothed (sigma = 2 coarsest voxels) and overlaid as they are, correlate: NCC >=
+       0.5 (prostate pairs -0.4..0.3 over 78 pairs; brain T1 pair 0.93, the head pair 0.90: the head
+       outline dominates);
+    3. after a coarse rigid alignment by mutual information (on copies of at most ~1e5 voxels), the
+       images correlate inside both foregrounds (Otsu): NCC >= 0.2. Tissue contrast decides here,
+       not the outline: a T1 / T2 pair fails (CSF dark in one, bright in the other).
+
+    Returns the measured values, ``"modality"`` and ``"same_outline"`` (|NCC of test 2| >= 0.5: the
+    same anatomy fills both images, e.g. two MR contrasts or an inverted contrast, as opposed to
+    ultrasound vs MR).
     """
     q = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
 
@@ -151,9 +176,49 @@ def detect_modality(fixed: Image, moving: Image) -> str:
         lo, hi = torch.quantile(v, 0.01), torch.quantile(v, 0.99)
         return (torch.quantile(v, q) - lo) / (hi - lo).clamp_min(1e-12)
 
-    if float((curve(fixed) - curve(moving)).abs().mean()) >= 0.1:
-        return "multi"
-    return "mono" if _overlay_ncc(fixed, moving) >= 0.5 else "multi"
+    out: dict = {"quantile_gap": float((curve(fixed) - curve(moving)).abs().mean()), "overlay_ncc": _overlay_ncc(fixed, moving)}
+    out["same_outline"] = abs(out["overlay_ncc"]) >= OVERLAY_NCC_MIN  # a contrast inversion overlays too
+    if out["quantile_gap"] >= QUANTILE_GAP_MAX or out["overlay_ncc"] < OVERLAY_NCC_MIN:
+        out["modality"] = "multi"
+        return out
+    out["aligned_foreground_ncc"] = _aligned_foreground_ncc(fixed, moving)
+    out["modality"] = "mono" if out["aligned_foreground_ncc"] >= ALIGNED_FOREGROUND_NCC_MIN else "multi"
+    return out
+
+
+def _small_copy(image: Image) -> Image:
+    from morphreg.image.resample import resample_to_spacing
+
+    factor = max(1.0, (image.data[0].numel() / DETECTION_VOXELS) ** (1.0 / image.dim))
+    return image if factor <= 1.0 else resample_to_spacing(image, image.grid.spacing * factor)
+
+
+def _foreground(image: Image) -> torch.Tensor:
+    """Otsu foreground (1, *shape) of a small image."""
+    import SimpleITK as sitk
+
+    itk = sitk.GetImageFromArray(image.data[0].float().cpu().numpy())
+    return torch.as_tensor(sitk.GetArrayFromImage(sitk.OtsuThreshold(itk, 0, 1)).astype(np.float32))[None]
+
+
+def _aligned_foreground_ncc(fixed: Image, moving: Image) -> float:
+    """NCC inside both Otsu foregrounds after a coarse MI rigid alignment of small copies."""
+    from morphreg.image.filters import gaussian_filter, sigma_mm_to_vox
+    from morphreg.metrics import ncc
+
+    small_f, small_m = _small_copy(fixed), _small_copy(moving)
+    stage = {"model": "rigid", "init": "geometry", "similarity": "mi", "levels": [[2, None, 30], [1, 0.0, 20]],
+             "optimizer": {"name": "adam", "lr": 0.5, "tolerance": 1e-5, "patience": 10}}
+    aligned = register(small_f, small_m, [stage], modality="multi").transform
+    sigma = float(small_f.grid.spacing.max())
+    with torch.no_grad():
+        fs = gaussian_filter(small_f.batch().float(), sigma_mm_to_vox(sigma, small_f.grid))
+        ms = small_m.with_data(gaussian_filter(small_m.batch().float(), sigma_mm_to_vox(sigma, small_m.grid))[0])
+        warped = warp(ms, aligned, small_f.grid, "linear").batch()
+        inside = _foreground(small_f) * warp(small_m.with_data(_foreground(small_m)), aligned, small_f.grid, "nearest").data
+        if float(inside.sum()) < 10:
+            return 0.0
+        return float(ncc(fs[:, :1], warped[:, :1], inside[None]))
 
 
 def _overlay_ncc(fixed: Image, moving: Image) -> float:
@@ -349,12 +414,15 @@ def register(
     initial = _initial_transform(initial_transform, fixed)
     if modality not in ("auto", "mono", "multi"):
         raise MorphregError(f"modality must be auto, mono or multi, not {modality!r}")
-    modality = detect_modality(fixed, moving) if modality == "auto" else modality
+    evidence = modality_evidence(fixed, moving) if modality == "auto" else None
+    modality = evidence["modality"] if evidence is not None else modality
 
     if preset in ("default", "accurate") and modality == "multi":
-        # Multimodal pairs: label-driven when labels are given (how MR-TRUS fusion is done), else the
-        # cautious image-only schedule with an independent divergence check (see presets.py).
-        preset = "labels" if fl is not None else "multimodal"
+        # Multimodal pairs: label-driven when labels are given (how MR-TRUS fusion is done); two contrasts
+        # of the same anatomy: MI / MIND stages with independent checks; else (ultrasound vs MR) the
+        # cautious image-only schedule (see presets.py).
+        same_outline = evidence["same_outline"] if evidence is not None else abs(_overlay_ncc(fixed, moving)) >= OVERLAY_NCC_MIN
+        preset = "labels" if fl is not None else "multicontrast" if same_outline else "multimodal"
     preset_name = preset if isinstance(preset, str) else "custom"
     stages = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(list(preset))
     if metric is not None:
