@@ -158,12 +158,13 @@ def modality_evidence(fixed: Image, moving: Image) -> dict:
        by less than 0.1 on average (intensity histograms alone cannot tell smoothed ultrasound from
        MR: prostate TRUS vs MR pairs differ by only 0.015..0.2 here);
     2. the images, smoothed (sigma = 2 coarsest voxels) and overlaid as they are, correlate: NCC >=
-       0.5 (prostate pairs -0.4..0.3 over 78 pairs; brain T1 pair 0.93, the head pair 0.90: the head
-       outline dominates);
-    3. after a coarse rigid alignment by mutual information (on copies of at most ~1e5 voxels), the
+       0.5 (prostate pairs |NCC| <= 0.40 over 78 pairs; brain T1 pair 0.99, the head pair 0.90: the
+       head outline dominates);
+    3. after a coarse rigid alignment by mutual information, the
        images correlate inside both foregrounds (Otsu): NCC >= 0.2. Tissue contrast decides here,
        not the outline: a T1 / T2 pair fails (CSF dark in one, bright in the other).
 
+    Tests 2 and 3 run on copies of at most ~1e5 voxels (about 1 s for the brain T1 pair in all).
     Returns the measured values, ``"modality"`` and ``"same_outline"`` (|NCC of test 2| >= 0.5: the
     same anatomy fills both images, e.g. two MR contrasts or an inverted contrast, as opposed to
     ultrasound vs MR).
@@ -171,17 +172,19 @@ def modality_evidence(fixed: Image, moving: Image) -> dict:
     q = torch.linspace(0.05, 0.95, 19, dtype=torch.float64)
 
     def curve(img: Image) -> torch.Tensor:
-        v = img.data[0].reshape(-1).double()
+        v = img.data[0].detach().reshape(-1).double()
         v = v[torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:200000]]
         lo, hi = torch.quantile(v, 0.01), torch.quantile(v, 0.99)
         return (torch.quantile(v, q) - lo) / (hi - lo).clamp_min(1e-12)
 
-    out: dict = {"quantile_gap": float((curve(fixed) - curve(moving)).abs().mean()), "overlay_ncc": _overlay_ncc(fixed, moving)}
+    small_f, small_m = _small_copy(fixed), _small_copy(moving)  # brain T1: test 2 in 0.2 s instead of 1.7 s
+    out: dict = {"quantile_gap": float((curve(fixed) - curve(moving)).abs().mean()),
+                 "overlay_ncc": _overlay_ncc(small_f, small_m)}
     out["same_outline"] = abs(out["overlay_ncc"]) >= OVERLAY_NCC_MIN  # a contrast inversion overlays too
     if out["quantile_gap"] >= QUANTILE_GAP_MAX or out["overlay_ncc"] < OVERLAY_NCC_MIN:
         out["modality"] = "multi"
         return out
-    out["aligned_foreground_ncc"] = _aligned_foreground_ncc(fixed, moving)
+    out["aligned_foreground_ncc"] = _aligned_foreground_ncc(small_f, small_m)
     out["modality"] = "mono" if out["aligned_foreground_ncc"] >= ALIGNED_FOREGROUND_NCC_MIN else "multi"
     return out
 
@@ -201,12 +204,11 @@ def _foreground(image: Image) -> torch.Tensor:
     return torch.as_tensor(sitk.GetArrayFromImage(sitk.OtsuThreshold(itk, 0, 1)).astype(np.float32))[None]
 
 
-def _aligned_foreground_ncc(fixed: Image, moving: Image) -> float:
-    """NCC inside both Otsu foregrounds after a coarse MI rigid alignment of small copies."""
+def _aligned_foreground_ncc(small_f: Image, small_m: Image) -> float:
+    """NCC inside both Otsu foregrounds after a coarse MI rigid alignment (of small copies)."""
     from morphreg.image.filters import gaussian_filter, sigma_mm_to_vox
     from morphreg.metrics import ncc
 
-    small_f, small_m = _small_copy(fixed), _small_copy(moving)
     stage = {"model": "rigid", "init": "geometry", "similarity": "mi", "levels": [[2, None, 30], [1, 0.0, 20]],
              "optimizer": {"name": "adam", "lr": 0.5, "tolerance": 1e-5, "patience": 10}}
     aligned = register(small_f, small_m, [stage], modality="multi").transform
