@@ -514,7 +514,7 @@ def _run(stages, inputs: StageInputs, modality, preset_name, label_weight, landm
                 label_weight=float(stage.get("label_weight", label_weight)),
                 landmark_weight=float(stage.get("landmark_weight", landmark_weight)),
                 similarity_weight=float(stage.get("similarity_weight", 1.0)),
-                seed=seed + i, progress=bar, name=f"{i}:{kind}",
+                seed=seed + i, progress=bar, name=f"{i}:{kind} {sim}",
             )
             record.update(trace=outcome.trace, seconds=outcome.seconds, initial_objective=outcome.initial,
                           final_objective=outcome.final, terms=outcome.terms, diverged=outcome.diverged)
@@ -721,4 +721,5 @@ def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("metric {task.fields[metric]:.5g}"), TimeElapsedColumn(), transient=False)
+                    TextColumn("objective {task.fields[metric]:.5g} (this level, lower is better)"), TimeElapsedColumn(),
+                    transient=False)
