@@ -20,10 +20,12 @@ def register_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder that is not a morphreg "
                                    "result: files of the same name are replaced, the others kept."),
     preset: str = typer.Option("default", "--preset", "-p",
-                               help="rigid | affine | bspline | syn | demons | convex | tps | rigidity | multimodal | labels | "
-                                    "default (affine then SyN for same-modality pairs; 'multimodal' for different "
-                                    "modalities, 'labels' when label maps are given) | accurate (default plus a "
-                                    "stochastic full-resolution level, about twice the time)."),
+                               help="rigid | affine | bspline | syn | demons | convex | tps | rigidity | multicontrast | "
+                                    "multimodal | labels | default (affine then SyN for same-contrast pairs; "
+                                    "'multicontrast' (MI, MIND, checked stages) for two contrasts of the same anatomy, "
+                                    "'multimodal' (cautious rigid) for images that do not overlay, e.g. ultrasound vs "
+                                    "MR; 'labels' when label maps are given) | accurate (default plus a stochastic "
+                                    "full-resolution level, about twice the time). 'morphreg presets list' shows them."),
     metric: str = typer.Option(None, "--metric", "-m", help="Similarity for every stage: mse ncc lncc ngf mi nmi mind."),
     fixed_mask: Path = typer.Option(None, "--fixed-mask", help="Mask of the fixed image (non-zero = used)."),
     moving_mask: Path = typer.Option(None, "--moving-mask", help="Mask of the moving image."),
