@@ -35,9 +35,11 @@ def run_morphreg_cli(fixed: Path, moving: Path, extra: list[str] | None = None, 
         return load_transform(out / "transform.h5"), seconds, summary
 
 
-def evaluate(transform: Transform, fixed_labels: Image, moving_labels: Image) -> dict:
-    """Warp the moving labels with the tool's transform (nearest) and measure; same code for every tool."""
-    return evaluate_registration(transform, fixed_labels, moving_labels, centroid_landmarks=True)
+def evaluate(transform: Transform, fixed_labels: Image, moving_labels: Image, landmark_channels: str | None = None) -> dict:
+    """Warp the moving labels with the tool's transform (nearest) and measure; same code for every tool.
+    ``landmark_channels`` (e.g. "1-"): structures scored by centroid TRE |T(p) - q| instead of overlap."""
+    return evaluate_registration(transform, fixed_labels, moving_labels, centroid_landmarks=True,
+                                 landmark_channels=landmark_channels)
 
 
 def fmt(v, digits: int = 3) -> str:

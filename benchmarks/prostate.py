@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -20,15 +19,6 @@ def _pairs(spec: str) -> list[int]:
     for part in spec.split(","):
         lo, _, hi = part.partition("-")
         out += list(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
-def _gland(labels_path: Path, out: Path) -> Path:
-    """Channel 0 (gland) of a 4D label stack as an integer mask file."""
-    from morphreg.image.io import read_image, write_image
-
-    img = read_image(labels_path)
-    write_image(img.with_data(img.data[:1]), out)
     return out
 
 
@@ -44,8 +34,6 @@ def main() -> None:
     import torch
 
     from common import DATA, evaluate, markdown, median, run_morphreg_cli
-    from morphreg.evaluate.landmarks import PointSet, label_centroids
-    from morphreg.evaluate.landmarks import tre as landmark_tre
     from morphreg.image.io import read_image
 
     root = DATA / "prostate_mr_trus"
@@ -63,25 +51,19 @@ def main() -> None:
             corr = float("nan")
             if tool.startswith("morphreg"):
                 extra = []
-                with tempfile.TemporaryDirectory() as tmp:
-                    if tool == "morphreg-labels":
-                        extra = ["--fixed-labels", str(_gland(flp, Path(tmp) / "fg.nii.gz")),
-                                 "--moving-labels", str(_gland(mlp, Path(tmp) / "mg.nii.gz"))]
-                    t, seconds, _ = run_morphreg_cli(fp, mp, extra, args.threads)
+                if tool == "morphreg-labels":  # the 4D stacks as given; the gland channel drives
+                    extra = ["--fixed-labels", str(flp), "--moving-labels", str(mlp), "--label-channels", "0"]
+                t, seconds, _ = run_morphreg_cli(fp, mp, extra, args.threads)
             else:
                 runner = {"ants": run_ants, "elastix": run_elastix, "dipy": run_dipy}[tool]
                 r = runner(fp, mp)
                 t, seconds, corr = r.transform, r.seconds, orientation_check(r, fixed, moving)
-            e = evaluate(t, fl, ml)
+            # Channel 0 is the gland (Dice); channels 1.. are landmarks: TRE = |T(p) - q| for their
+            # centroids p (fixed) and q (moving), each on its own grid (evaluate's centroid TRE).
+            e = evaluate(t, fl, ml, landmark_channels="1-")
             ov, ov0 = e["overlap"]["labels"], e["initial"]["overlap"]["labels"]
-            gland = next(iter(ov))  # channel 0
-            # TRE = |T(p) - q| for the landmark centroids p (fixed) and q (moving), each on its own grid:
-            # defined for every landmark, also those outside the other image's field of view.
-            fc = label_centroids(fl)
-            mc = label_centroids(ml, fc.names)
-            keep = [k for k, name in enumerate(fc.names) if name != gland]
-            t_lm = landmark_tre(PointSet(fc.points[keep], [fc.names[k] for k in keep]), PointSet(mc.points[keep], [mc.names[k] for k in keep]), t)
-            tre0, tre = t_lm["initial"]["mean_mm"], t_lm["final"]["mean_mm"]
+            gland = next(iter(ov))
+            tre0, tre = e["centroid_tre"]["initial"]["mean_mm"], e["centroid_tre"]["final"]["mean_mm"]
             rec = {"pair": name, "tool": tool, "gland_dice_initial": ov0[gland]["dice"], "gland_dice": ov[gland]["dice"],
                    "tre_initial_mm": tre0, "tre_mm": tre, "folding_percent": e["transform"]["jacobian"]["folding_percent"],
                    "seconds": seconds, "orientation_corr": corr}

@@ -345,3 +345,88 @@ def test_prostate_labels_match_simpleitk(kind):
     assert sd["hausdorff_mm"] == pytest.approx(s_hd, abs=1e-4)
     assert sd["hd95_mm"] == pytest.approx(s_hd95, abs=1e-4)
     assert sd["assd_mm"] == pytest.approx(s_assd, abs=1e-4)
+
+
+# ----- centroid TRE = |T(p) - q| (one definition: the benchmarks'), landmark channels ------------------------
+def _sitk_centroid_tre(fixed_labels: Path, moving_labels: Path, transform: Path) -> list[float]:
+    """Independent: SimpleITK centroids (physical) of each channel, p mapped by SimpleITK's transform."""
+    import SimpleITK as sitk
+
+    def centroids(path):
+        img = sitk.ReadImage(str(path))
+        vols = [sitk.VectorIndexSelectionCast(img, k) for k in range(img.GetNumberOfComponentsPerPixel())] \
+            if img.GetNumberOfComponentsPerPixel() > 1 else \
+            [img[(slice(None),) * 3 + (k,)] for k in range(img.GetSize()[3])]
+        out = []
+        for v in vols:
+            stats = sitk.LabelShapeStatisticsImageFilter()
+            stats.Execute(sitk.Cast(v > 0, sitk.sitkUInt8))
+            out.append(np.asarray(stats.GetCentroid(1)))
+        return out
+
+    t = sitk.ReadTransform(str(transform))
+    return [float(np.linalg.norm(np.asarray(t.TransformPoint(tuple(p))) - q))
+            for p, q in zip(centroids(fixed_labels), centroids(moving_labels))]
+
+
+def _stack_pair(tmp_path: Path, shift_mm) -> tuple[Path, Path, Path]:
+    """3D one-hot stacks (gland-like ball + two point-like blobs) on two different grids, and a
+    constant-displacement transform."""
+    import SimpleITK as sitk
+
+    def stack(size, spacing, origin, centres, radii):
+        zz, yy, xx = np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij")
+        world = [origin[a] + [xx, yy, zz][a] * spacing[a] for a in range(3)]
+        chans = [((world[0] - c[0]) ** 2 + (world[1] - c[1]) ** 2 + (world[2] - c[2]) ** 2 <= r * r).astype(np.uint8)
+                 for c, r in zip(centres, radii)]
+        img = sitk.JoinSeries([sitk.GetImageFromArray(c) for c in chans])
+        img.SetSpacing(tuple(spacing) + (1.0,))
+        img.SetOrigin(tuple(origin) + (0.0,))
+        return img
+
+    centres = [(0.0, 0.0, 0.0), (6.0, -4.0, 3.0), (-5.0, 5.0, -2.0)]
+    fixed = stack((30, 28, 26), (1.5, 1.5, 1.5), (-21.0, -20.0, -19.0), centres, (12, 3, 3))
+    moved = [tuple(c + s for c, s in zip(ctr, shift_mm)) for ctr in centres]
+    moving = stack((36, 34, 30), (1.2, 1.3, 1.4), (-20.0, -22.0, -21.0), moved, (12, 3, 3))
+    paths = tmp_path / "fl.nii.gz", tmp_path / "ml.nii.gz", tmp_path / "t.tfm"
+    sitk.WriteImage(fixed, str(paths[0]))
+    sitk.WriteImage(moving, str(paths[1]))
+    tr = sitk.TranslationTransform(3, (0.5 * shift_mm[0], shift_mm[1], 0.0))  # a partial correction
+    sitk.WriteTransform(tr, str(paths[2]))
+    return paths
+
+
+def test_centroid_tre_is_t_of_p_minus_q_and_matches_simpleitk(tmp_path):
+    from morphreg.evaluate import evaluate_registration
+    from morphreg.image.io import read_image
+    from morphreg.transforms import load_transform
+
+    fl_path, ml_path, t_path = _stack_pair(tmp_path, (2.5, -1.0, 3.0))
+    fl, ml = read_image(fl_path, labels=True), read_image(ml_path, labels=True)
+    m = evaluate_registration(load_transform(t_path), fl, ml, landmark_channels="1-")
+    assert m["structures"] == {"overlap": ["ch0"], "landmarks": ["ch1", "ch2"]}
+    assert list(m["overlap"]["labels"]) == ["ch0"]
+    ours = [p["final_mm"] for p in m["centroid_tre"]["points"]]
+    expected = _sitk_centroid_tre(fl_path, ml_path, t_path)[1:]
+    np.testing.assert_allclose(ours, expected, atol=1e-3)
+    # Initial: |p - q|, each centroid on its own grid.
+    np.testing.assert_allclose([p["initial_mm"] for p in m["centroid_tre"]["points"]],
+                               [float(np.linalg.norm([2.5, -1.0, 3.0]))] * 2, atol=0.3)
+
+
+@pytest.mark.realdata
+def test_centroid_tre_on_prostate_obs005_matches_simpleitk(shared_data, tmp_path):
+    """The issue's case: obs005 with a constant 2.5 / -1 / 3 mm displacement."""
+    import SimpleITK as sitk
+
+    from morphreg.evaluate import evaluate_registration
+    from morphreg.image.io import read_image
+    from morphreg.transforms import load_transform
+
+    root = shared_data / "prostate_mr_trus"
+    fl_path, ml_path = root / "fixed_labels" / "obs005.nii.gz", root / "moving_labels" / "obs005.nii.gz"
+    sitk.WriteTransform(sitk.TranslationTransform(3, (2.5, -1.0, 3.0)), str(tmp_path / "t.tfm"))
+    m = evaluate_registration(load_transform(tmp_path / "t.tfm"), read_image(fl_path), read_image(ml_path),
+                              landmark_channels="1-")
+    ours = [p["final_mm"] for p in m["centroid_tre"]["points"]]
+    np.testing.assert_allclose(ours, _sitk_centroid_tre(fl_path, ml_path, tmp_path / "t.tfm")[1:], atol=1e-3)

@@ -32,6 +32,9 @@ def evaluate_cmd(
     moving: Path = typer.Option(None, "--moving", help="Moving image (for intensity similarity, reported apart)."),
     interpolation: LabelInterpolation = typer.Option(LabelInterpolation.nearest, "--interpolation", help="How the moving labels are warped."),
     no_resample: bool = typer.Option(False, "--no-resample", help="Refuse label maps on a grid other than the reference instead of resampling them."),
+    landmark_channels: str = typer.Option(None, "--landmark-channels", help="Structures that are point landmarks, e.g. "
+                                          "'1-' (channels 1 on of a 4D one-hot stack; label values of a map): they get "
+                                          "the centroid TRE |T(p) - q|, the others Dice and surface distances."),
 ) -> None:
     """Evaluate a registration with measures independent of the method: Dice/Jaccard, surface
     distances (HD, HD95, HD99, ASSD in mm), landmark TRE, det J / folding / SDlogJ."""
@@ -56,10 +59,10 @@ def evaluate_cmd(
     fp = read_landmarks(fixed_landmarks, grid=grid) if fixed_landmarks else None
     mp = read_landmarks(moving_landmarks, grid=mov_grid) if moving_landmarks else None
     metrics = evaluate_registration(
-        t, fl, ml, reference=grid, fixed_landmarks=fp, moving_landmarks=mp,
+        t, fl, ml, reference=None if ref is None else ref.grid, fixed_landmarks=fp, moving_landmarks=mp,
         mask=read_image(mask, labels=True) if mask else None, inverse=load_transform(inverse) if inverse else None,
         fixed=fixed_img, moving=read_image(moving, labels=False) if moving else None,
-        resample=not no_resample, interpolation=interpolation.value)
+        resample=not no_resample, interpolation=interpolation.value, landmark_channels=landmark_channels)
     metrics["inputs"] = {k: str(v) for k, v in inputs.items() if v}
     write_metrics(metrics, output)
     _print_summary(metrics)
@@ -72,6 +75,9 @@ def _print_summary(m: dict) -> None:
     g = m["reference_grid"]
     console.print(f"measured on {g['source']} grid: {' x '.join(map(str, g['size']))} voxels of "
                   f"{' x '.join(f'{v:.3g}' for v in g['spacing_mm'])} mm", highlight=False)
+    if "structures" in m:
+        console.print(f"structures: overlap {', '.join(m['structures']['overlap']) or 'none'}; landmarks (centroid TRE) "
+                      f"{', '.join(m['structures']['landmarks']) or 'none'}", highlight=False)
     if "overlap" in m:
         console.print(f"mean Dice {fmt(m['initial']['overlap']['mean']['dice'])} -> {fmt(m['overlap']['mean']['dice'])}, "
                       f"mean HD95 {fmt(m['surface']['mean']['hd95_mm'])} mm")

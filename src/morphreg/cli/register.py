@@ -32,6 +32,9 @@ def register_cmd(
     fixed_labels: Path = typer.Option(None, "--fixed-labels", help="Fixed label map or 4D one-hot stack."),
     moving_labels: Path = typer.Option(None, "--moving-labels", help="Moving label map or 4D one-hot stack."),
     label_weight: float = typer.Option(1.0, "--label-weight", help="Weight of the soft-Dice label term."),
+    label_channels: str = typer.Option(None, "--label-channels", help="Structures of the label maps that drive the "
+                                       "registration: channel indices of 4D one-hot stacks or label values of maps, "
+                                       "e.g. '0' (the prostate gland channel), '1-', '1,3'. Default: all."),
     fixed_landmarks: Path = typer.Option(None, "--fixed-landmarks", help="CSV (x,y[,z] LPS mm per row) or label image."),
     moving_landmarks: Path = typer.Option(None, "--moving-landmarks", help="Corresponding moving landmarks."),
     rigidity_mask: Path = typer.Option(None, "--rigidity-mask", help="Fixed-grid mask kept rigid (rigidity preset)."),
@@ -73,7 +76,8 @@ def register_cmd(
     with output_folder(output, inputs, overwrite) as folder:  # checked and locked before the work starts
         result = register(
             fixed, moving, stages, fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_labels=fixed_labels,
-            moving_labels=moving_labels, label_weight=label_weight, fixed_landmarks=fixed_landmarks,
+            moving_labels=moving_labels, label_weight=label_weight, label_channels=label_channels,
+            fixed_landmarks=fixed_landmarks,
             moving_landmarks=moving_landmarks, rigidity_mask=rigidity_mask, initial_transform=initial_transform,
             metric=metric, modality=modality, device=device, seed=seed, progress=not quiet, **overrides,
         )

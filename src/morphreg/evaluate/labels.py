@@ -43,6 +43,34 @@ def union_keys(*maps: dict[str, np.ndarray]) -> list[str]:
     return sorted(keys, key=order)
 
 
+def parse_selection(spec: str) -> list[tuple[int, int | None]]:
+    """"1-" / "0" / "1,3" / "2-4" / "0,2-" as inclusive ranges (start, end or None = open)."""
+    ranges = []
+    for part in str(spec).replace(" ", "").split(","):
+        try:
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                ranges.append((int(lo), int(hi) if hi else None))
+            elif part:
+                ranges.append((int(part), int(part)))
+        except ValueError:
+            raise MorphregError(f"channel selection {spec!r}: use numbers and ranges such as '1-', '0', '1,3', '2-4'") from None
+    if not ranges:
+        raise MorphregError(f"channel selection {spec!r} selects nothing")
+    return ranges
+
+
+def select_structures(keys: list[str], spec: str) -> list[str]:
+    """The structure keys (``"ch<k>"`` of a one-hot stack, label values of a map) that ``spec``
+    selects: channel indices for stacks, label values for maps (:func:`parse_selection`)."""
+    ranges = parse_selection(spec)
+
+    def number(k: str) -> int:
+        return int(k[2:]) if k.startswith("ch") else int(k)
+
+    return [k for k in keys if any(lo <= number(k) and (hi is None or number(k) <= hi) for lo, hi in ranges)]
+
+
 def to_reference(image: Image, reference: Grid, resample: bool, notes: list[str], what: str) -> Image:
     """``image`` on ``reference``: returned unchanged if the grids match; otherwise resampled by
     nearest neighbour (identity transform, world coordinates) with a note, or refused.

@@ -18,8 +18,8 @@ from morphreg.image.grid import Grid
 from morphreg.image.image import Image
 from morphreg.transforms.base import Transform
 from morphreg.transforms.warp import warp
-from morphreg.evaluate.labels import label_masks, to_reference, union_keys
-from morphreg.evaluate.landmarks import PointSet, label_centroids, point_distances, tre, _summary
+from morphreg.evaluate.labels import label_masks, select_structures, to_reference, union_keys
+from morphreg.evaluate.landmarks import PointSet, label_centroids, tre
 from morphreg.evaluate.overlap import overlap
 from morphreg.evaluate.surface import surface
 from morphreg.evaluate.transform_quality import mask_array, transform_quality
@@ -28,21 +28,17 @@ from morphreg.evaluate.intensity import intensity_similarity
 METRICS_VERSION = 1
 
 
-def centroid_tre(fixed_labels: Image, moving_labels: Image, warped_labels: Image) -> dict:
-    """TRE from label centroids (one structure per channel or label), mm.
-
-    initial: fixed centroid vs moving centroid, each on its own grid (the identity needs no
-    resampling, so structures outside the other image's field of view still count);
-    final: fixed centroid vs centroid of the warped moving structure on the fixed grid.
-    """
-    keys = union_keys(label_masks(fixed_labels), label_masks(moving_labels))
-    f = label_centroids(fixed_labels, keys)
-    initial = point_distances(f, label_centroids(moving_labels, keys))
-    final = point_distances(f, label_centroids(warped_labels, keys))
-    notes = [f"structure {k} is empty in one map: no centroid" for k, e in zip(keys, final) if not np.isfinite(e)]
-    return {"initial": _summary(initial), "final": _summary(final),
-            "points": [{"name": k, "initial_mm": float(i), "final_mm": float(e)} for k, i, e in zip(keys, initial, final)],
-            "notes": notes}
+def centroid_tre(fixed_labels: Image, moving_labels: Image, transform: Transform | None,
+                 keys: list[str] | None = None) -> dict:
+    """TRE between structure centroids, mm: |T(p) - q| with p the centroid of a fixed structure and q
+    that of the same moving structure, each computed on its own grid (defined for every structure,
+    also one outside the other image's field of view; initial: |p - q|). ``keys`` restricts the
+    structures (default: every channel / label value of either map)."""
+    keys = keys or union_keys(label_masks(fixed_labels), label_masks(moving_labels))
+    out = tre(label_centroids(fixed_labels, keys), label_centroids(moving_labels, keys), transform)
+    out["notes"] = [f"structure {p['name']} is empty in one map: no centroid" for p in out["points"]
+                    if not np.isfinite(p["final_mm"])]
+    return out
 
 
 def evaluate_registration(
@@ -59,6 +55,7 @@ def evaluate_registration(
     resample: bool = True,
     interpolation: str = "nearest",
     centroid_landmarks: bool = True,
+    landmark_channels: str | None = None,
 ) -> dict:
     """Every independent measure that the inputs allow, as one JSON-ready dict.
 
@@ -74,6 +71,9 @@ def evaluate_registration(
         inverse: moving -> fixed transform -> inverse consistency.
         fixed / moving: intensity images -> intensity similarity (labelled as not independent).
         centroid_landmarks: also report TRE between label centroids (one per channel/label).
+        landmark_channels: which structures are point landmarks ("1-": channels 1 on of a one-hot
+            stack, label values of a map; see :func:`morphreg.evaluate.labels.parse_selection`):
+            they get the centroid TRE only, the others Dice and surface distances only.
     """
     notes: list[str] = []
     candidates = [("the reference", reference.grid if isinstance(reference, Image) else reference),
@@ -97,14 +97,19 @@ def evaluate_registration(
             warped = warp(moving_labels, transform, ref, interpolation)
             before = warp(moving_labels, None, ref, "nearest")
         keys = union_keys(label_masks(fl), label_masks(before))
-        ov, sd = overlap(fl, warped, keys=keys), surface(fl, warped, keys=keys)
-        notes += ov.pop("notes") + sd.pop("notes")
-        out["overlap"], out["surface"] = ov, sd
-        ov0, sd0 = overlap(fl, before, keys=keys), surface(fl, before, keys=keys)
-        ov0.pop("notes"), sd0.pop("notes")
-        out["initial"] = {"overlap": ov0, "surface": sd0}
-        if centroid_landmarks:
-            ct = centroid_tre(fl, moving_labels, warped)
+        landmark_keys = select_structures(keys, landmark_channels) if landmark_channels is not None else keys
+        if landmark_channels is not None:
+            keys = [k for k in keys if k not in landmark_keys]
+            out["structures"] = {"overlap": keys, "landmarks": landmark_keys}
+        if keys:
+            ov, sd = overlap(fl, warped, keys=keys), surface(fl, warped, keys=keys)
+            notes += ov.pop("notes") + sd.pop("notes")
+            out["overlap"], out["surface"] = ov, sd
+            ov0, sd0 = overlap(fl, before, keys=keys), surface(fl, before, keys=keys)
+            ov0.pop("notes"), sd0.pop("notes")
+            out["initial"] = {"overlap": ov0, "surface": sd0}
+        if centroid_landmarks and landmark_keys:
+            ct = centroid_tre(fixed_labels, moving_labels, transform, landmark_keys)
             notes += ct.pop("notes")
             out["centroid_tre"] = ct
     elif (fixed_labels is None) != (moving_labels is None):

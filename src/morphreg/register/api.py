@@ -92,6 +92,21 @@ def _mask(mask, image: Image, what: str, notes: list[str]) -> Image | None:
     return out
 
 
+def _selected(labels: Image, spec: str) -> Image:
+    """The channels (one-hot stack) or label values (map) of ``labels`` that ``spec`` selects."""
+    from morphreg.evaluate.labels import label_masks, select_structures
+
+    keys = select_structures(list(label_masks(labels)), spec)
+    if not keys:
+        raise MorphregError(f"label channels {spec!r} select no structure", labels.name)
+    if labels.channels > 1:
+        return labels.with_data(labels.data[[int(k[2:]) for k in keys]])
+    keep = torch.zeros_like(labels.data, dtype=torch.bool)
+    for k in keys:
+        keep |= labels.data == int(k)
+    return labels.with_data(torch.where(keep, labels.data, torch.zeros_like(labels.data)))
+
+
 def one_hot_labels(fixed_labels: Image, moving_labels: Image) -> tuple[Image, Image]:
     """Float one-hot stacks (K, *shape) of both label inputs, channels in correspondence.
 
@@ -346,6 +361,7 @@ def register(
     moving_landmarks=None,
     landmark_weight: float = 1.0,
     rigidity_mask=None,
+    label_channels: str | None = None,
     initial_transform=None,
     metric: str | None = None,
     modality: str = "auto",
@@ -367,6 +383,8 @@ def register(
         fixed_mask, moving_mask: where the similarity is evaluated (non-zero = inside).
         fixed_labels, moving_labels: integer maps or one-hot stacks; they add
             ``label_weight * (1 - soft Dice)`` to every stage.
+        label_channels: which of them drive the registration, e.g. "0" (the gland channel of the
+            prostate stacks) or "1-": channel indices of stacks, label values of maps.
         fixed_landmarks, moving_landmarks: corresponding points (K, dim) mm, CSV files or label
             images; they add ``landmark_weight * mean |T(p) - q|^2 / (10 mm)^2`` (and drive "tps").
         rigidity_mask: fixed-grid mask used by penalties with ``"mask": "rigidity"``.
@@ -405,6 +423,8 @@ def register(
     if fl is not None:
         fl = _on_image_grid(fl, fixed, "fixed labels", notes)
         ml = _on_image_grid(ml, moving, "moving labels", notes)
+        if label_channels is not None:
+            fl, ml = _selected(fl, label_channels), _selected(ml, label_channels)
         fl, ml = one_hot_labels(fl, ml)
     p, q = read_landmarks(fixed_landmarks, "fixed landmarks"), read_landmarks(moving_landmarks, "moving landmarks")
     if (p is None) != (q is None):
