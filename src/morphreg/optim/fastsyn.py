@@ -35,7 +35,7 @@ from morphreg.image.filters import gaussian_filter, sigma_mm_to_vox
 from morphreg.image.grid import Grid
 from morphreg.image.image import Image
 from morphreg.image.pyramid import pyramid_level
-from morphreg.optim.optimizers import OptimizerConfig, _RelativeStop
+from morphreg.optim.optimizers import OptimizerConfig, RelativeStop
 from morphreg.optim.progress import add_progress
 from morphreg.transforms import StationaryVelocityFieldTransform, scaling_and_squaring
 from morphreg.transforms.warp import warp
@@ -262,7 +262,7 @@ class FastSyN:
             return []
         lr = config.lr * scale
         opt = torch.optim.Adam([self.velocity], lr=lr, betas=config.extra.get("betas", (0.9, 0.999)))
-        stop = _RelativeStop(config.tolerance, config.patience)
+        stop = RelativeStop(config.tolerance, config.patience)
         ratio = float(config.extra.get("final_lr_ratio", 1.0))
         trace: list[float] = []
         best, best_v = math.inf, self.velocity.detach().clone()

@@ -28,6 +28,7 @@ from morphreg.transforms import (
     TranslationTransform,
     scaling_and_squaring,
 )
+from morphreg.transforms.linear import rotation_angles_from_matrix
 
 LINEAR_MODELS = ("translation", "rigid", "similarity", "affine")
 DENSE_MODELS = ("bspline", "svf", "displacement")
@@ -130,7 +131,7 @@ class LinearModel(StageModel):
         if kind == "affine":
             self.transform = AffineTransform(dim, matrix=a0, translation=t0, center=center)
         else:
-            angles = _angles_from_matrix(a0, dim)
+            angles = rotation_angles_from_matrix(a0, dim)
             if kind == "translation":
                 self.transform = TranslationTransform(dim, center=center, translation=o0 + a0 @ center - center)
             elif kind == "rigid":
@@ -155,21 +156,6 @@ class LinearModel(StageModel):
 
     def inverse_transform(self) -> Transform:
         return self.transform.inverse()
-
-
-def _angles_from_matrix(a: np.ndarray, dim: int) -> np.ndarray:
-    """Rotation angles of the rotation closest to ``a`` (polar decomposition); R = Rz Ry Rx in 3D."""
-    u, _, vt = np.linalg.svd(a)
-    r = u @ vt
-    if np.linalg.det(r) < 0:
-        u[:, -1] *= -1
-        r = u @ vt
-    if dim == 2:
-        return np.array([np.arctan2(r[1, 0], r[0, 0])])
-    beta = np.arcsin(-np.clip(r[2, 0], -1, 1))
-    alpha = np.arctan2(r[2, 1], r[2, 2])
-    gamma = np.arctan2(r[1, 0], r[0, 0])
-    return np.array([alpha, beta, gamma])
 
 
 class BSplineModel(StageModel):

@@ -78,7 +78,7 @@ class _Scaled:
         return loss.detach()
 
 
-class _RelativeStop:
+class RelativeStop:
     """Stop when the best value did not improve by ``tolerance * |best|`` in ``patience`` calls."""
 
     def __init__(self, tolerance: float, patience: int):
@@ -134,7 +134,7 @@ def _keep_best(view: _Scaled, best_z: torch.Tensor) -> None:
 
 def _adam(view, fn, iterations, config, callback, generator) -> list[float]:
     opt = torch.optim.Adam([view.z], lr=config.lr, betas=config.extra.get("betas", (0.9, 0.999)))
-    stop = _RelativeStop(config.tolerance, config.patience)
+    stop = RelativeStop(config.tolerance, config.patience)
     trace: list[float] = []
     best, best_z = math.inf, view.z.detach().clone()
     # The rate decays geometrically to final_lr_ratio * lr over the budget: big moves first, precision last.
@@ -155,7 +155,7 @@ def _adam(view, fn, iterations, config, callback, generator) -> list[float]:
 
 def _gradient_descent(view, fn, iterations, config, callback, generator) -> list[float]:
     """Steepest descent with Armijo backtracking; the accepted step grows by 1.5 for the next iteration."""
-    stop = _RelativeStop(config.tolerance, config.patience)
+    stop = RelativeStop(config.tolerance, config.patience)
     trace: list[float] = []
     step = config.lr
     value = float(view.evaluate(fn))
@@ -191,7 +191,7 @@ def _gradient_descent(view, fn, iterations, config, callback, generator) -> list
 def _lbfgs(view, fn, iterations, config, callback, generator) -> list[float]:
     opt = torch.optim.LBFGS([view.z], lr=config.lr, max_iter=1, history_size=config.history,
                             line_search_fn="strong_wolfe", tolerance_change=0.0, tolerance_grad=0.0)
-    stop = _RelativeStop(config.tolerance, max(1, config.patience // 4))
+    stop = RelativeStop(config.tolerance, max(1, config.patience // 4))
     trace: list[float] = []
     best, best_z = math.inf, view.z.detach().clone()
 
@@ -217,7 +217,7 @@ def _asgd(view, fn, iterations, config, callback, generator) -> list[float]:
     big_a = config.extra.get("A", max(1.0, 0.1 * iterations))
     alpha = config.extra.get("alpha", 0.602)
     trace: list[float] = []
-    stop = _RelativeStop(config.tolerance, config.patience)
+    stop = RelativeStop(config.tolerance, config.patience)
     a = None
     for k in range(iterations):
         view.push()

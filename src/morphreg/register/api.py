@@ -25,7 +25,7 @@ from morphreg.optim.models import LINEAR_MODELS, build_model
 from morphreg.optim.multires import Level, StageInputs, run_stage
 from morphreg.optim.optimizers import OptimizerConfig
 from morphreg.register.initialize import initialize
-from morphreg.register.presets import STAGE_KEYS, get_preset
+from morphreg.register.presets import STAGE_KEYS, get_preset, stage_similarity
 from morphreg.evaluate.warnings import merge_warnings, quality_warnings, stage_warnings
 from morphreg.register.result import Result, assess
 from morphreg.register.solvers import SOLVER_MODELS, run_solver_stage
@@ -324,18 +324,6 @@ def resolve_levels(levels, fixed: Image) -> list[Level]:
     return out
 
 
-def _similarity(stage: dict, modality: str) -> tuple[str, dict]:
-    sim = stage.get("similarity", "ncc")
-    if isinstance(sim, dict):
-        sim = sim[modality]
-    params = stage.get("similarity_params", {}) or {}
-    if sim in params and isinstance(params[sim], dict):
-        params = params[sim]  # per-similarity parameters
-    elif any(isinstance(v, dict) for v in params.values()):
-        params = {}
-    return sim, dict(params)
-
-
 def _compose(prior: Transform | None, stage: Transform) -> Transform:
     return stage if prior is None else CompositeTransform([prior, stage])
 
@@ -526,7 +514,7 @@ def _run(stages, inputs: StageInputs, modality, preset_name, label_weight, landm
                 record["initial_transform"] = transform.to_dict()
             prior = transform
             model = build_model(kind, stage.get("model_params", {}) or {}, prior, fixed.grid, len(levels))
-            sim, sim_params = _similarity(stage, modality)
+            sim, sim_params = stage_similarity(stage, modality)
             record.update(similarity=sim, similarity_params=sim_params)
             opt = OptimizerConfig(**(stage.get("optimizer") or {}))
             outcome = run_stage(

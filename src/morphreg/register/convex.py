@@ -222,7 +222,7 @@ def run_convex_stage(stage: dict, inputs, prior: Transform | None, levels, modal
                      progress=None, name: str = "convex", label_weight: float = 0.0,
                      landmark_weight: float = 0.0) -> SolverOutcome:
     """Run ConvexAdam (see the module docstring); the result maps fixed points into the prior's space."""
-    from morphreg.register.api import _similarity  # the driver's rule for mono/multi similarity choice
+    from morphreg.register.presets import stage_similarity
 
     params = convex_params(stage)
     grid = inputs.fixed.grid
@@ -243,7 +243,7 @@ def run_convex_stage(stage: dict, inputs, prior: Transform | None, levels, modal
         smoothing = float(np.min(grid.spacing)) if smoothing is None else float(smoothing)
         model = DenseModel(prior, grid, "displacement", False, smoothing, float(params["field_shrink"]))
         model.grid, model.param = grid, field.clone()
-        sim, sim_params = _similarity(stage, modality)
+        sim, sim_params = stage_similarity(stage, modality)
         outcome = run_stage(
             model, inputs, levels, sim, sim_params, stage.get("penalties", []) or [],
             OptimizerConfig(**(stage.get("optimizer") or {})), label_weight=label_weight,

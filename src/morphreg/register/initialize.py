@@ -31,13 +31,13 @@ INITIALIZERS = ("identity", "geometry", "moments", "principal_axes", "fft")
 
 def _rigid(fixed: Image, rotation: np.ndarray, moving_point: np.ndarray, fixed_point: np.ndarray) -> RigidTransform:
     """Rigid transform about the fixed centre that maps ``fixed_point`` to ``moving_point`` with ``rotation``."""
-    from morphreg.optim.models import _angles_from_matrix
+    from morphreg.transforms.linear import rotation_angles_from_matrix
 
     dim = fixed.dim
     c = fixed.grid.center()
     # y = R (x - c) + c + t and y(fixed_point) = moving_point
     t = moving_point - rotation @ (fixed_point - c) - c
-    return RigidTransform(dim, angles=_angles_from_matrix(rotation, dim), translation=t, center=c)
+    return RigidTransform(dim, angles=rotation_angles_from_matrix(rotation, dim), translation=t, center=c)
 
 
 def _weights(image: Image, mask: Image | None) -> tuple[np.ndarray, np.ndarray]:

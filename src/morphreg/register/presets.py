@@ -249,3 +249,16 @@ def preset_yaml(name: str) -> str:
             return True
 
     return yaml.dump({"stages": get_preset(name)}, Dumper=NoAliases, sort_keys=False, default_flow_style=None)
+
+
+def stage_similarity(stage: dict, modality: str) -> tuple[str, dict]:
+    """The similarity name and its parameters of a stage for a "mono" or "multi" pair."""
+    sim = stage.get("similarity", "ncc")
+    if isinstance(sim, dict):
+        sim = sim[modality]
+    params = stage.get("similarity_params", {}) or {}
+    if sim in params and isinstance(params[sim], dict):
+        params = params[sim]  # per-similarity parameters
+    elif any(isinstance(v, dict) for v in params.values()):
+        params = {}
+    return sim, dict(params)

@@ -208,3 +208,18 @@ class AffineTransform(LinearTransform):
         if d.get("parameterization", "matrix") == "matrix":
             return cls(d["dim"], d["matrix"], d["translation"], d["center"])
         return cls(d["dim"], None, d["translation"], d["center"], "decomposed", d["angles"], d["log_scales"], d["shears"])
+
+
+def rotation_angles_from_matrix(a: np.ndarray, dim: int) -> np.ndarray:
+    """Rotation angles of the rotation closest to ``a`` (polar decomposition); R = Rz Ry Rx in 3D."""
+    u, _, vt = np.linalg.svd(a)
+    r = u @ vt
+    if np.linalg.det(r) < 0:
+        u[:, -1] *= -1
+        r = u @ vt
+    if dim == 2:
+        return np.array([np.arctan2(r[1, 0], r[0, 0])])
+    beta = np.arcsin(-np.clip(r[2, 0], -1, 1))
+    alpha = np.arctan2(r[2, 1], r[2, 2])
+    gamma = np.arctan2(r[1, 0], r[0, 0])
+    return np.array([alpha, beta, gamma])
