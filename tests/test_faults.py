@@ -146,6 +146,66 @@ def test_files_added_by_morphreg_keep_a_result_folder_replaceable(tmp_path, pair
     one_line_error(err, "mine.txt")
 
 
+def test_a_users_folder_that_looks_like_an_old_result_is_not_replaced(tmp_path, pair_files, capfd):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "summary.json").write_text('{"my": "study summary"}', encoding="utf-8")
+    (out / "report.html").write_text("<html>my report</html>", encoding="utf-8")
+    before = digest(out)
+    code, _, err = cli(capfd, *register_args(pair_files, out))
+    assert code == 2
+    one_line_error(err, "not a morphreg result")
+    assert digest(out) == before
+
+
+def test_output_through_a_symbolic_link_replaces_the_folder_it_points_to(tmp_path, pair_files, result_dir, capfd):
+    link = tmp_path / "link"
+    link.symlink_to(result_dir)
+    code, _, err = cli(capfd, *register_args(pair_files, link, "-p", "affine"))
+    assert code == 0, err
+    assert link.is_symlink() and (link / "summary.json").is_file()
+    assert json.loads((result_dir / "summary.json").read_text(encoding="utf-8"))["preset"] == "affine"
+
+
+def test_current_folder_as_output_is_refused(tmp_path, pair_files, capfd, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path / "empty")
+    code, _, err = cli(capfd, *register_args(pair_files, "."))
+    assert code == 2
+    one_line_error(err, "current folder")
+
+
+def test_report_rebuilt_in_place(tmp_path, result_dir, capfd):
+    for _ in range(2):
+        code, _, err = cli(capfd, "report", result_dir, "-o", result_dir / "report.html")
+        assert code == 0, err
+    code, _, err = cli(capfd, "report", result_dir, "-o", result_dir / "summary.json")
+    assert code == 2
+    one_line_error(err, "summary.json", "is the input")
+
+
+def test_signal_while_a_previous_result_is_being_replaced(tmp_path, pair_files, result_dir, capfd, monkeypatch):
+    """SIGTERM arrives between the renames that swap the result: the swap completes, then the run exits
+    143; the folder holds the complete new result and no temporary is left."""
+    import morphreg.core.files as files
+
+    real_replace = os.replace
+    sent = []
+
+    def replace_then_signal(src, dst):
+        real_replace(src, dst)
+        if not sent and str(dst).endswith("result"):  # the old result just moved aside
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(files.os, "replace", replace_then_signal)
+    code, _, err = cli(capfd, *register_args(pair_files, result_dir, "-p", "affine"))
+    assert sent and code == 143, err
+    one_line_error(err, "SIGTERM")
+    assert json.loads((result_dir / "summary.json").read_text(encoding="utf-8"))["preset"] == "affine"
+    assert {p for p in entries(tmp_path) if p.startswith(".")} == set()
+
+
 def test_stale_temporary_folder_of_a_killed_run_is_removed(tmp_path, pair_files, capfd):
     stale = tmp_path / ".out.morphreg-killed.tmp"
     stale.mkdir()
@@ -326,6 +386,23 @@ def test_nifti_payload_check_reads_big_endian_and_nifti2(tmp_path):
         f.write(bytes(hdr) + b"\0" * 4 + arr.tobytes()[:50])
     with pytest.raises(Exception, match="truncated: 50 of 96"):
         check_nifti_payload(tmp_path / "big.nii.gz")
+    # NIfTI-2 (540-byte header, int64 dims, vox_offset at 168), little-endian, float64 with one inf.
+    hdr2 = bytearray(544)
+    hdr2[0:4] = (540).to_bytes(4, "little")
+    hdr2[4:12] = b"n+2\0\r\n\x1a\n"
+    hdr2[12:16] = np.array([64, 64], "<i2").tobytes()
+    hdr2[16:80] = np.array([3, 5, 4, 3, 1, 1, 1, 1], "<i8").tobytes()
+    hdr2[168:176] = np.array([544], "<i8").tobytes()
+    values = np.ones(60, "<f8")
+    values[[3, 50]] = [np.inf, np.nan]
+    (tmp_path / "two.nii").write_bytes(bytes(hdr2) + values.tobytes())
+    assert check_nifti_payload(tmp_path / "two.nii") == 2
+    (tmp_path / "two_short.nii").write_bytes(bytes(hdr2) + values.tobytes()[:100])
+    with pytest.raises(Exception, match="truncated: 100 of 480"):
+        check_nifti_payload(tmp_path / "two_short.nii")
+    # An uncompressed file named .nii.gz (ITK reads it) is checked, not called corrupt.
+    (tmp_path / "plain.nii.gz").write_bytes(bytes(hdr2) + values.tobytes())
+    assert check_nifti_payload(tmp_path / "plain.nii.gz") == 2
     img = sitk.GetImageFromArray(np.where(np.arange(60).reshape(3, 4, 5) == 7, np.inf, 1.0).astype(np.float64))
     sitk.WriteImage(img, str(tmp_path / "f8.nii"))
     assert check_nifti_payload(tmp_path / "f8.nii") == 1

@@ -150,6 +150,13 @@ def test_extreme_det_j_and_inverse_error_are_warnings():
     assert kinds == ["det_j", "inverse"]
     assert quality_warnings({"jacobian": {"folding_percent": 0.0, "min": 0.5, "max": 2.0}, "displacement": {"max_mm": 3.0},
                              "inverse_consistency": {"mean_mm": 0.1, "max_mm": 1.0}}, 1.0) == []
+    # summary.json keeps NaN as null: the messages must still be written.
+    from morphreg.evaluate.warnings import stage_warnings
+
+    text = stage_warnings([{"index": 1, "model": "svf", "diverged": True, "initial_objective": None, "final_objective": None},
+                           {"index": 2, "model": "rigid", "diverged": True, "guard": {"accepted": False, "similarity": "lncc",
+                                                                                  "before": None, "after": 1.0}}])
+    assert "n/a -> n/a" in text[0]["text"] and "lncc n/a -> 1" in text[1]["text"]
 
 
 # ----- 8. evaluate says which grid it measured on ----------------------------------------------------------
@@ -210,14 +217,15 @@ def test_initial_transform_threads_and_format(tmp_path, ct_pair, capfd):
     start = json.loads((first / "summary.json").read_text(encoding="utf-8"))["stages"][0]["final_objective"]
     out = tmp_path / "second"
     code, _, err = cli(capfd, "register", ct_pair / "fixed.mha", ct_pair / "moving.mha", "-o", out, "-p", "affine", "-q",
-                       "--initial-transform", first / "transform.h5", "--threads", "1", "--format", "nrrd")
+                       "--initial-transform", first / "transform.h5", "--threads", "2", "--format", "nrrd")
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert math.isclose(summary["stages"][0]["initial_objective"], start, rel_tol=1e-4)  # it started there
     assert summary["inputs"]["initial_transform"] == str(first / "transform.h5")
     assert (out / "warped.nrrd").is_file() and (out / "displacement.nrrd").is_file()
     assert (first / "warped.mha").is_file()  # auto: the fixed image's format
-    assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2  # --threads reached torch (the module runs with 1 otherwise)
+    torch.set_num_threads(1)
     code, _, err = cli(capfd, "register", ct_pair / "fixed.mha", ct_pair / "moving.mha", "-o", tmp_path / "x", "--format", "png")
     assert code == 2
     one_line_error(err, "--format")

@@ -84,6 +84,9 @@ def apply_cmd(
     if labels is None and interpolation is not None and interpolation != Interpolation.nearest:
         labels = interpolation == Interpolation.label
     moving = read_image(image, labels=labels)
+    if labels is None and moving.is_label:
+        console.print(f"note: {image} read as a label map (integer, few values, named so): nearest-neighbour, integer "
+                      "output; pass --intensity to interpolate it", highlight=False)
     ref = read_image(reference, check_finite=False)
     t = load_transform(transform)
     if t.dim != moving.dim:

@@ -135,6 +135,10 @@ def report_cmd(
     from morphreg.core.files import check_output_file
     from morphreg.report import build_report
 
-    check_output_file(output, [p for p in result_dir.glob("*") if p.is_file()] if result_dir.is_dir() else [result_dir])
+    # A report reads everything in the folder but HTML: rebuilding OUT/report.html in place is fine,
+    # writing over summary.json or a transform is not.
+    reads = [p for p in result_dir.glob("*") if p.is_file() and p.suffix.lower() != ".html"] if result_dir.is_dir() \
+        else [result_dir]
+    check_output_file(output, reads)
     build_report(result_dir, output)
     console.print(f"wrote {output}")

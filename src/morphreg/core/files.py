@@ -16,6 +16,7 @@ File-system failures (read-only folder, a parent that is a file, ...) become one
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -179,8 +180,13 @@ def _written_by_morphreg(folder: Path) -> set[str] | None:
             parts = Path(f).parts
             written |= {"/".join(parts[: k + 1]) for k in range(len(parts))}
         return written
-    if (folder / "summary.json").is_file():
-        return set(LEGACY_RESULT_FILES)
+    if (folder / "summary.json").is_file() and (folder / "transform.h5").is_file():
+        try:
+            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            return None
+        if isinstance(summary, dict) and "transform_direction" in summary:  # written by morphreg's Result
+            return set(LEGACY_RESULT_FILES)
     return None
 
 
@@ -207,15 +213,25 @@ def _replace_mode(path: Path, overwrite: bool) -> str:
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while a result is moved into place (a few renames), so it is never half moved."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    """SIGINT/SIGTERM wait while a result is moved into place (a few renames), so it is never half
+    moved. The Python handlers are swapped for a recorder (blocking the signal with pthread_sigmask
+    would not do: the kernel may deliver it to another thread, and Python still runs the handler in
+    the main thread); a recorded signal is delivered to the old handler afterwards."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    pending: list[int] = []
+    kinds = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in kinds}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if pending and callable(previous[pending[0]]):
+            previous[pending[0]](pending[0], None)
+        elif pending and previous[pending[0]] == signal.SIG_DFL:
+            signal.raise_signal(pending[0])
 
 
 @contextlib.contextmanager
@@ -255,6 +271,11 @@ def _remove_stale_temporaries(path: Path) -> None:
     """Temporary folders of earlier runs into ``path`` that were killed (SIGKILL, power loss). Only
     called under the lock, so no live run is writing them."""
     prefix = f".{path.name}.{TEMP_TAG}"
+    if not path.exists():  # killed between the two renames of a replace: the previous result comes back
+        for old in sorted(path.parent.glob(f"{glob.escape(prefix)}old-*.tmp")):
+            if (old / "result").is_dir():
+                os.replace(old / "result", path)
+                break
     for stale in path.parent.iterdir():
         if stale.name.startswith(prefix) and stale.name.endswith(".tmp") and stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
@@ -281,7 +302,7 @@ def _publish(tmp: Path, path: Path, mode: str) -> None:
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
     else:  # merge: the new files over the old ones; the old result's own files that are gone are removed
-        previous = _written_by_morphreg(path) or set()
+        previous = _written_by_morphreg(path) if (path / MANIFEST).is_file() else set()  # never guessed files
         new = {p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()}
         for rel in sorted(new):
             (path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -301,6 +322,12 @@ def output_folder(path: str | Path, inputs: Iterable = (), overwrite: bool = Fal
     is complete; on an error or a signal nothing changes and the temporary folder is removed.
     """
     path = _absolute(path)
+    if path.is_symlink():  # replace the folder it points to, not the link
+        path = Path(os.path.realpath(path))
+    cwd = Path.cwd()
+    if path == cwd or path in cwd.parents:
+        raise MorphregError("output folder is the current folder (or holds it): give the name of a new or result folder",
+                            path)
     inputs = list(inputs)
     check_not_input(path, inputs)
     _check_parent(path)

@@ -24,6 +24,11 @@ def _ok(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def _g(x) -> str:
+    """A number for a message; summary.json stores NaN/inf as null."""
+    return f"{x:.5g}" if isinstance(x, (int, float)) else "n/a"
+
+
 def quality_warnings(quality: dict, voxel_mm: float) -> list[dict]:
     """Warnings from a :func:`morphreg.evaluate.transform_quality` result (``jacobian``,
     ``displacement``, optional ``inverse_consistency``); ``voxel_mm``: the fixed grid's largest spacing."""
@@ -34,11 +39,12 @@ def quality_warnings(quality: dict, voxel_mm: float) -> list[dict]:
                     f"({j.get('folded_voxels', '?')}) have det J <= 0 (tissue would overlap itself)"})
     low, high = j.get("min"), j.get("max")
     if (_ok(low) and 0 < low < DET_J_LOW) or (_ok(high) and high > DET_J_HIGH):
-        out.append({"kind": "det_j", "text": f"extreme local volume change: det J from {low:.3g} to {high:.3g} "
+        out.append({"kind": "det_j", "text": f"extreme local volume change: det J from {_g(low)} to {_g(high)} "
                     f"(outside {DET_J_LOW:g}..{DET_J_HIGH:g})"})
     ic = quality.get("inverse_consistency")
-    if ic and _ok(ic.get("max_mm")) and (ic["max_mm"] > IC_MAX_VOXELS * voxel_mm or ic["mean_mm"] > IC_MEAN_VOXELS * voxel_mm):
-        out.append({"kind": "inverse", "text": f"large inverse-consistency error: |S(T(x)) - x| mean {ic['mean_mm']:.3g} mm, "
+    if ic and _ok(ic.get("max_mm")) and (ic["max_mm"] > IC_MAX_VOXELS * voxel_mm or
+                                         (_ok(ic.get("mean_mm")) and ic["mean_mm"] > IC_MEAN_VOXELS * voxel_mm)):
+        out.append({"kind": "inverse", "text": f"large inverse-consistency error: |S(T(x)) - x| mean {_g(ic.get('mean_mm'))} mm, "
                     f"max {ic['max_mm']:.3g} mm (voxel {voxel_mm:.3g} mm): the inverse is not reliable"})
     moved = quality.get("displacement", {}).get("max_mm")
     if _ok(moved) and moved < IDENTITY_MM:
@@ -56,14 +62,13 @@ def stage_warnings(stages: list[dict]) -> list[dict]:
         if guard and not guard.get("accepted", True):
             why = "an independent check rejected it"
             if guard.get("similarity"):
-                why += f" ({guard['similarity']} {guard.get('before', float('nan')):.4g} -> {guard.get('after', float('nan')):.4g})"
+                why += f" ({guard['similarity']} {_g(guard.get('before'))} -> {_g(guard.get('after'))})"
             if guard.get("move_mm") is not None:
-                why += f", it moved the region by {guard['move_mm']:.3g} mm"
+                why += f", it moved the region by {_g(guard['move_mm'])} mm"
             if guard.get("det_j_range") is not None:
-                why += f", det J {guard['det_j_range'][0]:.3g}..{guard['det_j_range'][1]:.3g}"
+                why += f", det J {_g(guard['det_j_range'][0])}..{_g(guard['det_j_range'][1])}"
         else:
-            why = (f"its objective got worse ({s.get('initial_objective', float('nan')):.5g} -> "
-                   f"{s.get('final_objective', float('nan')):.5g})")
+            why = f"its objective got worse ({_g(s.get('initial_objective'))} -> {_g(s.get('final_objective'))})"
         out.append({"kind": f"discarded:{s.get('index')}",
                     "text": f"stage {s.get('index')} ({s.get('model')}) was discarded: {why}; the previous transform was kept"})
     return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,24 +60,32 @@ def from_sitk(img: sitk.Image, name: str = "<sitk>", channels_from_4d: bool = Tr
     return Image(torch.from_numpy(np.ascontiguousarray(data)), grid, name)
 
 
-# Words that say "label map" in a file name, or last in a folder name (names are split at non-letters:
-# "aparc+aseg", "subject_a_labels", "fixed_mask", "gland_us", a folder "moving_labels").
-LABEL_WORDS = frozenset({"label", "labels", "lbl", "seg", "segs", "segmentation", "segmentations", "mask", "masks",
-                         "aseg", "aparc", "parc", "parcellation", "atlas", "roi", "rois", "gland", "labelmap"})
+# What says "label map" in a file name, or in the first or last word of its folder's name. Names are split into
+# words at non-letters and at lower -> upper case steps ("labelsTr" -> labels, tr). A word that contains
+# one of LABEL_PARTS counts ("aparc+aseg", "subject_a_labels", "brainMask", "sub-01_dseg", "wmparc"), or
+# one of LABEL_WORDS whole ("patient001_gt", "ribbon", "gland_us"). "atlas" and "roi" are left out: they
+# name intensity templates and crops as often as label maps.
+LABEL_PARTS = ("label", "lbl", "seg", "mask", "parc")
+LABEL_WORDS = frozenset({"gt", "ribbon", "gland", "labelmap"})
 MAX_LABEL_VALUES = 1000
 
 
 def _words(name: str) -> list[str]:
-    return [w for w in re.split(r"[^a-z]+", name.lower()) if w]
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", name)
+    return [w for w in re.split(r"[^a-z]+", spaced.lower()) if w]
+
+
+def _label_word(word: str) -> bool:
+    return word in LABEL_WORDS or any(part in word for part in LABEL_PARTS)
 
 
 def looks_like_labels(image: Image, path: Path) -> bool:
     """The automatic rule for a file read without a stated role: integer data with at most
-    ``MAX_LABEL_VALUES`` distinct values AND a file name with a word such as label/seg/mask/aseg/atlas,
-    or a folder name ending in one. An int16 CT named ``moving.mha`` is an intensity image; ``aseg.nii.gz``
+    ``MAX_LABEL_VALUES`` distinct values AND a file name with a word such as label/seg/mask/parc/gt,
+    or a folder name starting or ending with one (``labelsTr/case_001.nii.gz``, ``fixed_labels/obs000.nii.gz``). An int16 CT named ``moving.mha`` is an intensity image; ``aseg.nii.gz``
     and ``fixed_labels/obs000.nii.gz`` are label maps."""
     folder = _words(path.parent.name)
-    named = bool(LABEL_WORDS & set(_words(path.name))) or bool(folder and folder[-1] in LABEL_WORDS)
+    named = any(_label_word(w) for w in _words(path.name)) or any(_label_word(w) for w in folder[:1] + folder[-1:])
     if not image.is_label or not named:
         return False
     return int(torch.unique(image.data).numel()) <= MAX_LABEL_VALUES
@@ -104,6 +113,8 @@ def read_image(path: str | Path, dtype: torch.dtype | None = None, check_finite:
             img, failure = None, exc
     if failure is not None:
         raise MorphregError(f"cannot read image ({_suffix(path) or 'no suffix'}): {native_reason(failure, messages)}", path)
+    if any(m.startswith("WARNING") for m in messages):  # e.g. "unexpected scales in sform": pass it on, in one line
+        print(f"note: {path}: ITK: {native_reason(None, messages)}", file=sys.stderr)
     nonfinite = check_nifti_payload(path) if _suffix(path) in (".nii", ".nii.gz") else 0
     if check_finite and nonfinite:
         raise MorphregError(f"image has {nonfinite} NaN/inf voxels", path)

@@ -29,7 +29,10 @@ def _header(head: bytes, path: Path) -> tuple[int, int, int]:
         if size == 348 and len(head) >= 348:
             dims = struct.unpack(order + "8h", head[40:56])
             datatype, bitpix = struct.unpack(order + "2h", head[70:74])
-            offset = int(struct.unpack(order + "f", head[108:112])[0])
+            raw_offset = struct.unpack(order + "f", head[108:112])[0]
+            if not np.isfinite(raw_offset):
+                raise MorphregError(f"NIfTI header has an invalid data offset ({raw_offset})", path)
+            offset = int(raw_offset)
             break
         if size == 540 and len(head) >= 540:
             datatype, bitpix = struct.unpack(order + "2h", head[12:16])
@@ -46,7 +49,10 @@ def _header(head: bytes, path: Path) -> tuple[int, int, int]:
 
 
 def _open(path: Path):
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+    """By content, not name: ITK also reads an uncompressed file called .nii.gz."""
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
 def check_nifti_payload(path: str | Path) -> int:

@@ -291,17 +291,18 @@ def apply_overrides(stages: list[dict], overrides: dict) -> list[dict]:
         for i, stage in enumerate(stages):
             if target and target != str(i) and target != stage.get("model"):
                 continue
-            if name in MERGED_KEYS and isinstance(value, dict):
-                stage[name] = _deep_merge(stage.get(name) or {}, value)
+            if isinstance(value, dict) and (name in MERGED_KEYS or isinstance(stage.get(name), dict)):
+                stage[name] = deep_merge(stage.get(name) or {}, value)
             else:
                 stage[name] = copy.deepcopy(value)
     return stages
 
 
-def _deep_merge(base: dict, update: dict) -> dict:
+def deep_merge(base: dict, update: dict) -> dict:
+    """``base`` updated by ``update``, nested dicts merged key by key (copies)."""
     out = copy.deepcopy(base)
     for k, v in update.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
 

@@ -1,6 +1,7 @@
 """Saving and loading transforms, dispatched on the file suffix."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -39,10 +40,10 @@ def save_transform(t: Transform, path, grid: Grid | None = None) -> Path:
     path = Path(path)
     suffix = _suffix(path)
     if suffix in NATIVE_SUFFIXES:
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, _write_errors(path):
             torch.save({"morphreg_transform": 1, **t.to_dict()}, tmp)
     elif suffix in ITK_SUFFIXES:
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp, _write_errors(path):
             write_itk_transform(t, tmp, grid)
     elif suffix in FIELD_SUFFIXES:
         grid = grid or t.domain()
@@ -53,6 +54,16 @@ def save_transform(t: Transform, path, grid: Grid | None = None) -> Path:
     else:
         raise MorphregError(f"unknown transform file type {suffix!r} (use .pt, {', '.join(ITK_SUFFIXES)} or a displacement image)", path)
     return path
+
+
+@contextlib.contextmanager
+def _write_errors(path: Path):
+    """torch and ITK report a full disk or a failed write as RuntimeError: one line naming the file."""
+    try:
+        yield
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise MorphregError(f"cannot write the transform: {lines[-1][:200] if lines else type(exc).__name__}", path) from None
 
 
 def load_transform(path) -> Transform:
