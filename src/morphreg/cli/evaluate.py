@@ -74,7 +74,7 @@ def _print_summary(m: dict) -> None:
 
     g = m["reference_grid"]
     console.print(f"measured on {g['source']} grid: {' x '.join(map(str, g['size']))} voxels of "
-                  f"{' x '.join(f'{v:.3g}' for v in g['spacing_mm'])} mm", highlight=False)
+                  f"{' x '.join(f'{v:.3g}' for v in g['spacing'])} mm", highlight=False)
     if "structures" in m:
         console.print(f"structures: overlap {', '.join(m['structures']['overlap']) or 'none'}; landmarks (centroid TRE) "
                       f"{', '.join(m['structures']['landmarks']) or 'none'}", highlight=False)

@@ -25,7 +25,7 @@ from morphreg.evaluate.surface import surface
 from morphreg.evaluate.transform_quality import mask_array, transform_quality
 from morphreg.evaluate.intensity import intensity_similarity
 
-METRICS_VERSION = 1
+METRICS_VERSION = 2  # 2: reference_grid keys as Grid.to_dict (origin, spacing); centroid TRE = |T(p) - q|
 
 
 def centroid_tre(fixed_labels: Image, moving_labels: Image, transform: Transform | None,
@@ -89,7 +89,7 @@ def evaluate_registration(
         notes.append("no reference, fixed labels or fixed image given: measured on the grid stored with the transform "
                      f"({' x '.join(map(str, ref.size))} at {', '.join(f'{v:.3g}' for v in ref.spacing)} mm), which may "
                      "differ from the fixed image's; give --reference for the fixed grid")
-    out: dict = {"morphreg_metrics": METRICS_VERSION, "reference_grid": {**_grid_dict(ref), "source": source}}
+    out: dict = {"morphreg_metrics": METRICS_VERSION, "reference_grid": {**ref.to_dict(), "source": source}}
     if fixed_labels is not None and moving_labels is not None:
         shared_labels(fixed_labels, moving_labels)  # a map against a stack, or unequal stacks: refused, not scored 0
         fl = to_reference(fixed_labels, ref, resample, notes, "the fixed label map")
@@ -130,11 +130,6 @@ def evaluate_registration(
         out["intensity_initial"] = intensity_similarity(fx.float(), bm, mask_array(mask, ref))
     out["notes"] = notes
     return out
-
-
-def _grid_dict(grid: Grid) -> dict:
-    return {"size": list(grid.size), "origin_mm": grid.origin.tolist(), "spacing_mm": grid.spacing.tolist(),
-            "direction": grid.direction.tolist()}
 
 
 def _jsonable(obj):

@@ -91,6 +91,15 @@ class Grid:
     def __hash__(self) -> int:
         return hash((self.size, tuple(np.round(self.origin, 6)), tuple(np.round(self.spacing, 6))))
 
+    def to_dict(self) -> dict:
+        """The one serialisation of a grid (JSON-ready): size, origin (mm, LPS), spacing (mm), direction."""
+        return {"size": list(self.size), "origin": self.origin.tolist(), "spacing": self.spacing.tolist(),
+                "direction": self.direction.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Grid":
+        return cls(d["size"], d["origin"], d["spacing"], d["direction"])
+
     def same_as(self, other: "Grid", tol: float = 1e-5) -> bool:
         """True if both grids have the same size and (within ``tol`` mm or relative) geometry."""
         return (

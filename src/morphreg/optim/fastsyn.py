@@ -180,9 +180,10 @@ class FastSyN:
 
     def _run(self, fixed, moving, levels, similarity, sim_params, penalties, optimizer, fixed_mask, progress, name,
              caller_threads: int):
-        from morphreg.optim.objective import penalty_function, similarity_function
+        from morphreg.metrics.losses import similarity_loss
+        from morphreg.regularizers import penalty_function
 
-        sim_fn = similarity_function(similarity)
+        sim_fn = similarity_loss(similarity)
         pens = [(penalty_function(p["name"]), float(p.get("weight", 1.0)), dict(p.get("params", {}))) for p in penalties]
         traces, seconds = [], []
         initial = final = math.nan

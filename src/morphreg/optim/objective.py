@@ -18,24 +18,10 @@ import torch
 from morphreg.errors import MorphregError
 from morphreg.image.grid import Grid
 from morphreg.image.image import Image
+from morphreg.metrics.losses import similarity_loss
 from morphreg.optim.models import Mapping, StageModel
+from morphreg.regularizers import penalty_function
 from morphreg.transforms.warp import warp_points
-
-
-def similarity_function(name: str):
-    from morphreg.metrics import SIMILARITY_LOSSES
-
-    if name not in SIMILARITY_LOSSES:
-        raise MorphregError(f"unknown similarity {name!r} (choose from {', '.join(sorted(SIMILARITY_LOSSES))})")
-    return SIMILARITY_LOSSES[name]
-
-
-def penalty_function(name: str):
-    from morphreg.regularizers import PENALTIES
-
-    if name not in PENALTIES:
-        raise MorphregError(f"unknown penalty {name!r} (choose from {', '.join(sorted(PENALTIES))})")
-    return PENALTIES[name]
 
 
 # Similarities whose value depends on the geometry (gradients in mm) get the level grid.
@@ -80,7 +66,7 @@ class Objective:
         self.level = level
         self.grid = level.fixed.grid
         self.sim_name = similarity
-        self.sim = similarity_function(similarity) if similarity_weight else None
+        self.sim = similarity_loss(similarity) if similarity_weight else None
         self.sim_params = dict(similarity_params or {})
         if self.sim is not None and similarity in GRID_AWARE and "grid" not in self.sim_params:
             self.sim_params["grid"] = self.grid

@@ -59,7 +59,7 @@ def _plain(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, Grid):
-        return {"size": list(x.size), "origin": x.origin.tolist(), "spacing": x.spacing.tolist()}
+        return x.to_dict()
     return x
 
 

@@ -242,7 +242,7 @@ def _warnings(m: dict, res: _Result) -> list[str]:
     (for results of earlier versions), and what the measures show got worse."""
     s = res.summary
     grid = m.get("reference_grid", {})
-    voxel = max(grid.get("spacing_mm") or [1.0])
+    voxel = max(grid.get("spacing") or grid.get("spacing_mm") or [1.0])  # metrics version 2 or 1
     found = [{"kind": f"report:{i}", "text": w} for i, w in enumerate(res.warnings)]
     for key, name in (("tre", "Landmark TRE"), ("centroid_tre", "Centroid TRE")):
         t = m.get(key)

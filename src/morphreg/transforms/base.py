@@ -116,11 +116,9 @@ class Transform(nn.Module):
 
 
 def grid_to_dict(grid: Grid | None) -> dict | None:
-    if grid is None:
-        return None
-    return {"size": list(grid.size), "origin": grid.origin.tolist(), "spacing": grid.spacing.tolist(),
-            "direction": grid.direction.tolist()}
+    """:meth:`Grid.to_dict`, None for no grid (transforms without a domain)."""
+    return None if grid is None else grid.to_dict()
 
 
 def grid_from_dict(d: dict | None) -> Grid | None:
-    return None if d is None else Grid(d["size"], d["origin"], d["spacing"], d["direction"])
+    return None if d is None else Grid.from_dict(d)
