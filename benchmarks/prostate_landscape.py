@@ -68,7 +68,7 @@ def pair_inputs(root: Path, i: int, roi: float, shrink: int, sigma_mm: float):
     from morphreg.image.io import read_image
     from morphreg.image.pyramid import pyramid_level
     from morphreg.optim.multires import StageInputs, level_data
-    from morphreg.register.api import field_of_view_region
+    from morphreg.register.regions import field_of_view_region
 
     name = f"obs{i:03d}.nii.gz"
     full = read_image(root / "fixed_images" / name, dtype=torch.float32)

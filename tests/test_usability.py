@@ -18,7 +18,7 @@ from _cli import cli, one_line_error
 from morphreg.data.phantom import make_phantom_pair
 from morphreg.image.io import read_image, write_image
 from morphreg.register import register
-from morphreg.register.api import modality_evidence
+from morphreg.register.modality import modality_evidence
 from morphreg.register.presets import PRESETS, parse_override
 from morphreg.transforms import AffineTransform
 from morphreg.transforms.warp import warp

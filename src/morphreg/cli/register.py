@@ -63,8 +63,7 @@ def register_cmd(
     from morphreg.core.files import output_folder
     from morphreg.register import register
 
-    from morphreg.register.api import deep_merge
-    from morphreg.register.presets import load_preset_file, parse_override
+    from morphreg.register.presets import deep_merge, load_preset_file, parse_override
 
     suffix = result_suffix(fixed, image_format)
     stages = load_preset_file(preset_file) if preset_file is not None else preset

@@ -18,7 +18,7 @@ A stage is a plain dict (every key can be overridden through ``register(..., **o
     label_sigma_mm:   Gaussian smoothing of the label maps for this stage (wider capture range).
     fov_mask:         True | {"roi": fraction}: without a user mask, evaluate the similarity in the fixed
                       image's field of view (non-background, eroded), optionally its central ellipsoid.
-    guard:            independent divergence check after the stage (``morphreg.register.api.check_stage``):
+    guard:            independent divergence check after the stage (``morphreg.register.guards.check_stage``):
                       {"similarity": name, "sigma_mm", "min_gain", "max_move_mm", "jacobian": [lo, hi]}.
 
 The transform of the whole run maps fixed points to moving points: CompositeTransform([linear, deformable]).
@@ -28,6 +28,8 @@ from __future__ import annotations
 import copy
 
 from morphreg.errors import MorphregError
+
+MERGED_KEYS = ("model_params", "similarity_params", "optimizer")  # dict-valued keys merged by overrides
 
 LINEAR_LEVELS = [[4, None, 80], [2, None, 60], [1, 0.0, 40]]
 DEFORMABLE_LEVELS = [[4, None, 80], [2, None, 60], [1, 0.0, 40]]
@@ -262,3 +264,29 @@ def stage_similarity(stage: dict, modality: str) -> tuple[str, dict]:
     elif any(isinstance(v, dict) for v in params.values()):
         params = {}
     return sim, dict(params)
+
+
+def apply_overrides(stages: list[dict], overrides: dict) -> list[dict]:
+    """Override keys of every stage (``levels=...``) or of one stage (``{"2.levels": ...}`` or
+    ``{"svf.levels": ...}``, by index or model name). Dict-valued keys are merged."""
+    stages = copy.deepcopy(stages)
+    for key, value in overrides.items():
+        target, _, name = key.rpartition(".")
+        if name not in STAGE_KEYS:
+            raise MorphregError(f"unknown registration parameter {key!r} (stage keys: {', '.join(STAGE_KEYS)})")
+        for i, stage in enumerate(stages):
+            if target and target != str(i) and target != stage.get("model"):
+                continue
+            if isinstance(value, dict) and (name in MERGED_KEYS or isinstance(stage.get(name), dict)):
+                stage[name] = deep_merge(stage.get(name) or {}, value)
+            else:
+                stage[name] = copy.deepcopy(value)
+    return stages
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    """``base`` updated by ``update``, nested dicts merged key by key (copies)."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
