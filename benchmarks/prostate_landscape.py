@@ -44,7 +44,7 @@ def landscape(fixed, moving, mask: torch.Tensor | None, shifts: np.ndarray, metr
     import torch
 
     from morphreg.metrics import similarity_loss
-    from morphreg.transforms.warp import warp_points
+    from morphreg.image.sampling import sample_points
 
     pts = fixed.grid.points(dtype=torch.float32)
     f = fixed.data[None].float()
@@ -54,7 +54,7 @@ def landscape(fixed, moving, mask: torch.Tensor | None, shifts: np.ndarray, metr
     for part in torch.as_tensor(shifts, dtype=torch.float32).split(chunk):
         moved = pts[None] + part.view(-1, *([1] * fixed.dim), fixed.dim)  # (S, *shape, dim)
         flat = moved.reshape(1, -1, *moved.shape[2:])
-        warped = warp_points(moving, flat)[0].reshape(moving.channels, len(part), *pts.shape[:-1]).transpose(0, 1)
+        warped = sample_points(moving, flat)[0].reshape(moving.channels, len(part), *pts.shape[:-1]).transpose(0, 1)
         for name, loss in losses.items():
             out[name] += [float(loss(f, warped[s:s + 1], m)) for s in range(len(part))]
     return {name: np.asarray(v) for name, v in out.items()}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from morphreg.image.grid import Grid
+from morphreg.core.grid import Grid
 
 
 def index_gradient(field: torch.Tensor, dim: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from morphreg.core.bspline import bspline_prefilter, evaluate_bspline
 from morphreg.errors import MorphregError
-from morphreg.image.grid import Grid
+from morphreg.core.grid import Grid
 
 INTERPOLATIONS = ("nearest", "linear", "bspline")
 

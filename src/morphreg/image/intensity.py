@@ -31,7 +31,7 @@ def mask_tensor(mask, image: Image) -> torch.Tensor:
         if mask.dim != image.dim:
             raise MorphregError(f"a {mask.dim}D mask cannot mask a {image.dim}D image", mask.name)
         if not mask.grid.same_as(image.grid):
-            from morphreg.image.resample import resample  # resample imports the transforms package
+            from morphreg.image.resample import resample
 
             mask = resample(mask if mask.is_label else mask.with_data(mask.data != 0), image.grid, "nearest")
         data = mask.data

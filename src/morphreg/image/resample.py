@@ -1,6 +1,6 @@
 """Resampling onto other grids, cropping and padding by index, cropping to a mask.
 
-Resampling goes through the one warping path (``morphreg.transforms.warp`` with no transform, hence
+Resampling goes through the one sampling path (``morphreg.image.sampling``, which warps use too, hence
 ``morphreg.core.sampling.sample``); label maps keep their integer dtype. Cropping and padding slice
 or extend the tensor and move the origin, so every kept voxel stays at the same world position.
 """
@@ -14,6 +14,7 @@ from morphreg.errors import MorphregError
 from morphreg.image.filters import gaussian_smooth
 from morphreg.image.grid import Grid
 from morphreg.image.image import Image
+from morphreg.image.sampling import sample_onto
 
 
 def _index_vector(values, dim: int, name: str) -> np.ndarray:
@@ -37,14 +38,10 @@ def resample(
     points outside the image get ``fill_value``. No smoothing: use :func:`resample_to_spacing` or
     smooth first when the new grid is much coarser.
     """
-    from morphreg.transforms.warp import warp  # the transforms package imports morphreg.image
-
     grid = reference.grid if isinstance(reference, Image) else reference
     if not isinstance(grid, Grid):
         raise MorphregError(f"resample needs a Grid or Image as reference, got {type(reference).__name__}")
-    out = warp(image, None, grid, interpolation, fill_value)
-    out.name = image.name
-    return out
+    return sample_onto(image, grid, None, interpolation, fill_value)
 
 
 def antialias_sigma_mm(old_spacing, new_spacing) -> np.ndarray:

@@ -7,7 +7,7 @@ J(T) = w_sim * D(F_k, M_k o T)  [masked]
 
 D comes from ``morphreg.metrics.SIMILARITY_LOSSES`` and R_i from ``morphreg.regularizers.PENALTIES``.
 Every image (intensities, masks, one-hot labels) is sampled through the one warp path
-(:func:`morphreg.transforms.warp.warp_points`).
+(:func:`morphreg.image.sampling.sample_points`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from morphreg.image.image import Image
 from morphreg.metrics.losses import similarity_loss
 from morphreg.optim.models import Mapping, StageModel
 from morphreg.regularizers import penalty_function
-from morphreg.transforms.warp import warp_points
+from morphreg.image.sampling import sample_points
 
 
 # Similarities whose value depends on the geometry (gradients in mm) get the level grid.
@@ -84,11 +84,11 @@ class Objective:
         lv = self.level
         with torch.no_grad():
             ones = Image(torch.ones(1, *lv.moving.grid.shape), lv.moving.grid)
-            w = warp_points(ones, m.moving_points, "linear", 0.0)
+            w = sample_points(ones, m.moving_points, "linear", 0.0)
             if lv.moving_mask is not None:
-                w = w * warp_points(lv.moving_mask, m.moving_points, "linear", 0.0)
+                w = w * sample_points(lv.moving_mask, m.moving_points, "linear", 0.0)
             if m.fixed_points is not None:
-                w = w * warp_points(Image(torch.ones(1, *self.grid.shape), self.grid), m.fixed_points, "linear", 0.0)
+                w = w * sample_points(Image(torch.ones(1, *self.grid.shape), self.grid), m.fixed_points, "linear", 0.0)
             if lv.fixed_mask is not None:
                 w = w * lv.fixed_mask
             return (w > 0.5).float() if w.numel() else w
@@ -100,8 +100,8 @@ class Objective:
         total = torch.zeros((), dtype=torch.float32)
         terms: dict[str, float] = {}
         if self.sim is not None:
-            warped = warp_points(lv.moving.float(), m.moving_points, "linear", 0.0)
-            fixed = self.fixed_batch if m.fixed_points is None else warp_points(lv.fixed.float(), m.fixed_points, "linear", 0.0)
+            warped = sample_points(lv.moving.float(), m.moving_points, "linear", 0.0)
+            fixed = self.fixed_batch if m.fixed_points is None else sample_points(lv.fixed.float(), m.fixed_points, "linear", 0.0)
             mask = self.mask(m)
             if sample_fraction is not None and sample_fraction < 1:
                 keep = torch.rand(mask.shape, generator=generator) < sample_fraction
@@ -112,8 +112,8 @@ class Objective:
             terms["similarity"] = float(d.detach())
             total = total + d
         if self.label_weight:
-            warped_labels = warp_points(lv.moving_labels, m.moving_points, "linear", 0.0)
-            fl = lv.fixed_labels if m.fixed_points is None else warp_points(
+            warped_labels = sample_points(lv.moving_labels, m.moving_points, "linear", 0.0)
+            fl = lv.fixed_labels if m.fixed_points is None else sample_points(
                 Image(lv.fixed_labels[0], self.grid), m.fixed_points, "linear", 0.0)
             loss = self.label_weight * (1 - soft_dice(fl, warped_labels))
             terms["labels"] = float(loss.detach())

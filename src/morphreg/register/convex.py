@@ -39,7 +39,7 @@ from morphreg.optim.optimizers import OptimizerConfig
 from morphreg.optim.progress import add_progress
 from morphreg.register.solvers import SolverOutcome, level_grid_points, overlap_mask, prior_points
 from morphreg.transforms import DisplacementFieldTransform, Transform
-from morphreg.transforms.warp import warp_points
+from morphreg.image.sampling import sample_points
 
 DEFAULTS = {
     "grid_shrink": 3,  # coarse grid of the discrete search = fixed grid shrunk by this
@@ -152,7 +152,7 @@ def _to_coarse(data: torch.Tensor, grid: Grid, coarse: Grid, shrink: float) -> t
     """(1, C, *grid.shape) averaged down onto ``coarse``: a Gaussian of shrink / 2 voxels (truncated at
     2.5 sigma: many channels at full resolution), then linear sampling at the coarse points."""
     smooth = gaussian_filter(data, 0.5 * shrink, truncate=2.5)
-    return warp_points(Image(smooth[0], grid), level_grid_points(coarse), "linear", 0.0)
+    return sample_points(Image(smooth[0], grid), level_grid_points(coarse), "linear", 0.0)
 
 
 MAX_COST_ENTRIES = 1.5e8  # float32 cost volume of ~600 MB; the grid is coarsened beyond this
@@ -181,7 +181,7 @@ def discrete_displacement(inputs, prior: Transform | None, params: dict) -> tupl
         coarse = grid.downsample(shrink)
     x = level_grid_points(grid)
     pts = prior_points(prior, x)
-    warped = warp_points(moving.float(), pts, "linear", 0.0)
+    warped = sample_points(moving.float(), pts, "linear", 0.0)
     f_desc, m_desc = _mind(fixed.batch().float(), params), _mind(warped, params)
     f_feat = _to_coarse(f_desc, grid, coarse, shrink)
     m_feat = _to_coarse(m_desc, grid, coarse, shrink)
@@ -189,7 +189,7 @@ def discrete_displacement(inputs, prior: Transform | None, params: dict) -> tupl
     m_w = _to_coarse(inside, grid, coarse, shrink).clamp(0, 1)
     f_w = None
     if inputs.fixed_mask is not None:
-        f_w = warp_points(inputs.fixed_mask.float(), level_grid_points(coarse), "linear", 0.0).clamp(0, 1)
+        f_w = sample_points(inputs.fixed_mask.float(), level_grid_points(coarse), "linear", 0.0).clamp(0, 1)
     steps_xyz = _search_steps(coarse, params)
     radius = tuple(int(s) for s in steps_xyz[::-1])  # tensor axis order
     cost, offsets = cost_volume(f_feat, m_feat, radius, f_w, m_w, int(params["aggregate_vox"]))
@@ -206,7 +206,7 @@ def discrete_displacement(inputs, prior: Transform | None, params: dict) -> tupl
     before = float(weighted_mean((f_desc - m_desc) ** 2, as_weight(overlap_mask(moving, pts, inputs.moving_mask, fmask), f_desc)))
     del m_desc
     pts = prior_points(prior, x + torch.movedim(field, 1, -1))
-    warped = warp_points(moving.float(), pts, "linear", 0.0)
+    warped = sample_points(moving.float(), pts, "linear", 0.0)
     mask = overlap_mask(moving, pts, inputs.moving_mask, fmask)
     after = float(weighted_mean((f_desc - _mind(warped, params)) ** 2, as_weight(mask, f_desc)))
     record.update(mind_before=before, mind_after=after)

@@ -50,7 +50,7 @@ from morphreg.optim.progress import add_progress
 from morphreg.register.solvers import SolverOutcome, level_grid_points, overlap_mask, prior_points
 from morphreg.transforms import DisplacementFieldTransform, StationaryVelocityFieldTransform, Transform
 from morphreg.transforms.dense import sample_field, scaling_and_squaring
-from morphreg.transforms.warp import warp_points
+from morphreg.image.sampling import sample_points
 
 VARIANTS = ("diffeomorphic", "compositive", "thirion")
 FORCES = ("symmetric", "fixed", "moving")
@@ -185,12 +185,12 @@ class DemonsLevel:
         if self.log:
             mov_pts = prior_points(self.prior, self._exp(f, 0.5))
             fix_pts = self._exp(f, -0.5)
-            fixed = warp_points(self.fixed, fix_pts, "linear", 0.0)
+            fixed = sample_points(self.fixed, fix_pts, "linear", 0.0)
             inside_fixed = overlap_mask(self.fixed, fix_pts, None, None)
         else:
             mov_pts = prior_points(self.prior, self._to_images(f))
             fixed, inside_fixed = self.fixed.batch(), 1.0
-        warped = warp_points(self.moving, mov_pts, "linear", 0.0)
+        warped = sample_points(self.moving, mov_pts, "linear", 0.0)
         weight = overlap_mask(self.moving_grid_image, mov_pts, self.moving_mask, self.fixed_mask) * inside_fixed
         if float(weight.sum()) < 1:
             raise MorphregError("demons: the images do not overlap (or the masks are empty) under the current transform")

@@ -15,7 +15,7 @@ import torch
 from morphreg.image.grid import Grid
 from morphreg.image.image import Image
 from morphreg.transforms import Transform
-from morphreg.transforms.warp import warp_points
+from morphreg.image.sampling import sample_points
 
 
 @dataclass
@@ -37,9 +37,9 @@ def overlap_mask(moving: Image, points: torch.Tensor, moving_mask: Image | None,
                  fixed_mask: torch.Tensor | None) -> torch.Tensor:
     """(1, 1, *shape) {0, 1}: voxels whose mapped point lies inside the moving image (and masks)."""
     with torch.no_grad():
-        w = warp_points(Image(torch.ones(1, *moving.grid.shape), moving.grid), points, "linear", 0.0)
+        w = sample_points(Image(torch.ones(1, *moving.grid.shape), moving.grid), points, "linear", 0.0)
         if moving_mask is not None:
-            w = w * warp_points(moving_mask, points, "linear", 0.0)
+            w = w * sample_points(moving_mask, points, "linear", 0.0)
         if fixed_mask is not None:
             w = w * fixed_mask
         return (w > 0.5).float()

@@ -17,11 +17,11 @@ from morphreg.transforms.linear import (
     TranslationTransform,
 )
 from morphreg.transforms.tps import ThinPlateSplineTransform
-from morphreg.transforms.warp import warp, warp_points
+from morphreg.transforms.warp import warp
 
 __all__ = [
     "Transform", "LinearTransform", "TranslationTransform", "RigidTransform", "SimilarityTransform",
     "AffineTransform", "BSplineTransform", "DisplacementFieldTransform", "StationaryVelocityFieldTransform",
     "ThinPlateSplineTransform", "CompositeTransform", "AdditiveTransform", "control_grid_for",
-    "fixed_point_inverse", "scaling_and_squaring", "load_transform", "save_transform", "warp", "warp_points",
+    "fixed_point_inverse", "scaling_and_squaring", "load_transform", "save_transform", "warp",
 ]
