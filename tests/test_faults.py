@@ -23,6 +23,7 @@ import SimpleITK as sitk
 import torch
 
 from _cli import cli, one_line_error
+from _presets import preset_case
 from morphreg.core.files import UMASK, output_folder
 from morphreg.data.phantom import make_phantom_pair
 from morphreg.image.io import write_image
@@ -409,23 +410,11 @@ def test_nifti_payload_check_reads_big_endian_and_nifti2(tmp_path):
 
 
 # ----- 6. determinism -----------------------------------------------------------------------------------
-SHORT = [[2, None, 8], [1, 0.0, 4]]
-
 
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_same_seed_same_threads_gives_bitwise_the_same_result(preset):
     """Whatever state the global random generator is in (a new process), the seed decides."""
-    pair = make_phantom_pair(dim=2, size=40, spacing=1.2, seed=1)
-    kw: dict = {"levels": SHORT}
-    if preset == "accurate":  # keep its stochastic full-resolution level (random cubes), shortened
-        kw = {"levels": [[2, None, 5]], "2.levels": [[2, None, 5], [1, 0.0, 6]], "2.model_params": {"patches": [2, 12]}}
-    if preset == "tps":
-        pts = pair.fixed.grid.points().reshape(-1, 2)[torch.randperm(1600, generator=torch.Generator().manual_seed(0))[:8]]
-        kw = {"fixed_landmarks": pts, "moving_landmarks": pair.true_transform.points(pts).detach()}
-    if preset == "rigidity":
-        kw["rigidity_mask"] = pair.fixed_labels.with_data((pair.fixed_labels.data == 1).float())
-    if preset == "labels":
-        kw.update(fixed_labels=pair.fixed_labels, moving_labels=pair.moving_labels)
+    pair, kw = preset_case(preset)
     fields, warped = [], []
     for global_seed in (101, 202):
         torch.manual_seed(global_seed)

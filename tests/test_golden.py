@@ -15,26 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from morphreg.data.phantom import make_phantom_pair
+from _presets import preset_case
 from morphreg.register import register
 from morphreg.register.presets import PRESETS
 
 GOLDEN = Path(__file__).with_name("golden_presets.json")
-SHORT = [[2, None, 8], [1, 0.0, 4]]
 
 
 def _run(preset: str) -> dict:
-    pair = make_phantom_pair(dim=2, size=40, spacing=1.2, seed=1)
-    kw: dict = {"levels": SHORT}
-    if preset == "accurate":
-        kw = {"levels": [[2, None, 5]], "2.levels": [[2, None, 5], [1, 0.0, 6]], "2.model_params": {"patches": [2, 12]}}
-    if preset == "tps":
-        pts = pair.fixed.grid.points().reshape(-1, 2)[torch.randperm(1600, generator=torch.Generator().manual_seed(0))[:8]]
-        kw = {"fixed_landmarks": pts, "moving_landmarks": pair.true_transform.points(pts).detach()}
-    if preset == "rigidity":
-        kw["rigidity_mask"] = pair.fixed_labels.with_data((pair.fixed_labels.data == 1).float())
-    if preset == "labels":
-        kw.update(fixed_labels=pair.fixed_labels, moving_labels=pair.moving_labels)
+    pair, kw = preset_case(preset)
     r = register(pair.fixed, pair.moving, preset, seed=7, **kw)
     with torch.no_grad():
         u = r.transform.displacement(pair.fixed.grid, dtype=torch.float64)[0].norm(dim=0)

@@ -35,7 +35,7 @@ from morphreg.register.inputs import (
     read_landmarks,
     select_label_channels,
 )
-from morphreg.register.modality import OVERLAY_NCC_MIN, modality_evidence, overlay_ncc
+from morphreg.register.modality import modality_evidence, same_outline
 from morphreg.register.presets import apply_overrides, get_preset, stage_similarity
 from morphreg.register.regions import field_of_view_region
 from morphreg.register.result import Result, assess
@@ -171,8 +171,8 @@ def register(
         # Multimodal pairs: label-driven when labels are given (how MR-TRUS fusion is done); two contrasts
         # of the same anatomy: MI / MIND stages with independent checks; else (ultrasound vs MR) the
         # cautious image-only schedule (see presets.py).
-        same_outline = evidence["same_outline"] if evidence is not None else abs(overlay_ncc(fixed, moving)) >= OVERLAY_NCC_MIN
-        preset = "labels" if fl is not None else "multicontrast" if same_outline else "multimodal"
+        overlays = evidence["same_outline"] if evidence is not None else same_outline(fixed, moving)
+        preset = "labels" if fl is not None else "multicontrast" if overlays else "multimodal"
     preset_name = preset if isinstance(preset, str) else "custom"
     stages = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(list(preset))
     if metric is not None:
@@ -299,7 +299,7 @@ def _run(stages, inputs: StageInputs, modality, preset_name, label_weight, landm
     return Result(
         transform=transform, inverse=inverse, warped=warped, fixed=fixed, moving=moving,
         stages=report_stages, timings=summary_times, preset=preset_name, modality=modality,
-        final_metric=final, folding_percent=quality["jacobian"]["folding_percent"], fixed_path=fixed_path,
+        final_metric=final, fixed_path=fixed_path,
         moving_path=moving_path, quality=quality, warnings=warnings,
     )
 

@@ -21,23 +21,29 @@ from morphreg.transforms import Transform
 
 def folding_percent(transform: Transform, grid: Grid, mask: Image | None = None) -> float:
     """Share (%) of voxels of ``grid`` (inside ``mask``) where det J of the transform is <= 0."""
-    return assess(transform, None, grid, mask)["jacobian"]["folding_percent"]
+    return _jacobian(transform, grid, mask)["folding_percent"]
+
+
+def _jacobian(transform: Transform, grid: Grid, mask: Image | None) -> dict:
+    """det J statistics on ``grid`` inside ``mask`` (a linear transform's det J is one number)."""
+    from morphreg.evaluate import jacobian_determinant, jacobian_stats
+
+    inside = None if mask is None else (mask.data[0] > 0.5).cpu().numpy()
+    if transform.linear:
+        det_j = np.full(grid.shape, float(torch.linalg.det(transform.matrix().detach().double())))
+    else:
+        det_j = jacobian_determinant(transform, grid)
+    return jacobian_stats(det_j, inside)
 
 
 def assess(transform: Transform, inverse: Transform | None, grid: Grid, mask: Image | None = None) -> dict:
     """What the result's warnings are decided from (:mod:`morphreg.evaluate.warnings`): det J
     statistics on ``grid`` (inside ``mask``), and on a grid of half the resolution (enough for these
     checks, a quarter of the points) the displacement size and the inverse consistency."""
-    from morphreg.evaluate import displacement_magnitude, inverse_consistency, jacobian_determinant, jacobian_stats
+    from morphreg.evaluate import displacement_magnitude, inverse_consistency
 
-    inside = None if mask is None else (mask.data[0] > 0.5).cpu().numpy()
-    if transform.linear:
-        det = float(torch.linalg.det(transform.matrix().detach().double()))
-        det_j = np.full(grid.shape, det)
-    else:
-        det_j = jacobian_determinant(transform, grid)
     coarse = grid.downsample(2)
-    quality = {"jacobian": jacobian_stats(det_j, inside),
+    quality = {"jacobian": _jacobian(transform, grid, mask),
                "displacement": {"max_mm": float(displacement_magnitude(transform, coarse).max())}}
     if inverse is not None:
         quality["inverse_consistency"] = inverse_consistency(transform, inverse, coarse)
@@ -75,9 +81,9 @@ class Result:
             objective before/after and whether it diverged (then it was discarded).
         timings: seconds for input checks, each stage, the final warp, and in total.
         final_metric: objective of the last kept stage at full resolution (lower is better).
-        folding_percent: share of fixed voxels (inside the fixed mask) with det J <= 0.
         notes: what was done to the inputs that the user should know (e.g. a mask resampled).
-        quality: det J statistics, largest displacement and inverse consistency (:func:`assess`).
+        quality: det J statistics, largest displacement and inverse consistency (:func:`assess`);
+            ``folding_percent`` (share of fixed voxels inside the fixed mask with det J <= 0) reads it.
         warnings: what deserves a red flag, ``{"kind", "text"}`` (:mod:`morphreg.evaluate.warnings`).
         inputs: the paths of the labels, masks and landmarks given (for the report).
     """
@@ -92,13 +98,17 @@ class Result:
     preset: str = "default"
     modality: str = "mono"
     final_metric: float | None = None
-    folding_percent: float = 0.0
     fixed_path: str | None = None
     moving_path: str | None = None
     notes: list[str] = field(default_factory=list)
     quality: dict = field(default_factory=dict)
     warnings: list[dict] = field(default_factory=list)
     inputs: dict = field(default_factory=dict)
+
+    @property
+    def folding_percent(self) -> float:
+        """Share (%) of fixed voxels (inside the fixed mask) with det J <= 0 (from ``quality``)."""
+        return float(self.quality.get("jacobian", {}).get("folding_percent", 0.0))
 
     @property
     def trace(self) -> list[list[list[float]]]:
