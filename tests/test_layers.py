@@ -72,3 +72,29 @@ def test_evaluation_is_independent_of_the_engine():
     wrong = [(src, dst) for src, dst, _ in _imports()
              if _subpackage(src) in ("evaluate", "viz", "report") and _subpackage(dst) in engine]
     assert not wrong, wrong
+
+
+def _module_edges() -> dict[str, set[str]]:
+    """File-level import graph (a package's ``__init__`` counts as the package module)."""
+    modules = {"morphreg." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts).replace(".__init__", "")
+               for p in PACKAGE.rglob("*.py")}
+    edges: dict[str, set[str]] = {}
+    for src, dst, names in _imports():
+        src = src.replace(".__init__", "")
+        for target in [dst] + [f"{dst}.{n}" for n in names]:
+            if target in modules and target != src:
+                edges.setdefault(src, set()).add(target)
+    return edges
+
+
+# The one allowed file-level cycle: the Transform base class builds its subclasses (compose ->
+# CompositeTransform, inverse -> the dense fixed-point inverse, save/load/to_sitk -> io/itk, which know
+# every subclass). Everything else imports downward.
+TRANSFORM_BASE_CYCLE = "morphreg.transforms"
+
+
+def test_no_file_level_import_cycle_outside_the_transform_base():
+    edges = _module_edges()
+    pruned = {a: {b for b in bs if not (a.startswith(TRANSFORM_BASE_CYCLE) and b.startswith(TRANSFORM_BASE_CYCLE))}
+              for a, bs in edges.items()}
+    assert _cycle(pruned) is None, f"file import cycle: {' -> '.join(_cycle(pruned))}"

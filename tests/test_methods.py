@@ -12,8 +12,8 @@ from morphreg.data.phantom import make_phantom_pair, phantom_image, smooth_defor
 from morphreg.image.filters import gaussian_filter
 from morphreg.optim.multires import StageInputs
 from morphreg.register import register
-from morphreg.register.convex import DEFAULTS as CONVEX_DEFAULTS
-from morphreg.register.convex import cost_volume, coupled_convex, discrete_displacement
+from morphreg.register.methods.convex import DEFAULTS as CONVEX_DEFAULTS
+from morphreg.register.methods.convex import cost_volume, coupled_convex, discrete_displacement
 from morphreg.register.presets import CONVEX, get_preset
 from morphreg.transforms import StationaryVelocityFieldTransform, TranslationTransform
 

@@ -143,7 +143,7 @@ def test_deformable_recovers_smooth_deformation(preset, dim):
 
 
 def test_patch_sampler_draws_reproducible_cubes_of_grid_points_in_the_foreground():
-    from morphreg.optim.fastsyn import PatchSampler, foreground
+    from morphreg.optim.cubes import PatchSampler, foreground
 
     grid = Grid([20, 16, 12], [5.0, -3.0, 2.0], [1.0, 1.5, 2.0], np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]))
     image = torch.zeros(1, 1, *grid.shape)
@@ -163,14 +163,17 @@ def test_patch_sampler_draws_reproducible_cubes_of_grid_points_in_the_foreground
 
 
 def test_fast_syn_velocity_grid_per_level():
-    from morphreg.optim.fastsyn import FastSyN
+    from morphreg.optim.models import DenseModel
 
     domain = Grid([128, 128, 96], [0.0, 0.0, 0.0], 1.0)
-    solver = FastSyN(domain, field_shrink=4)
-    solver.start_level(domain.downsample(4))
-    assert solver.grid.shape == (24, 32, 32)
-    solver.start_level(domain, field_shrink=2)  # e.g. a cube level with cube_field_shrink 2
-    assert solver.grid.shape == (48, 64, 64) and solver.velocity.shape == (1, 3, 48, 64, 64)
+    model = DenseModel(None, domain, "svf", grid_shrink=4, min_field_points=32)
+    model.start_level(domain.downsample(4))
+    assert model.grid.shape == (24, 32, 32)
+    model.start_level(domain, field_shrink=2)  # e.g. a cube level with cube_field_shrink 2
+    assert model.grid.shape == (48, 64, 64) and model.param.shape == (1, 3, 48, 64, 64)
+    small = DenseModel(None, Grid([40, 40], [0.0, 0.0], 1.0), "svf", grid_shrink=4, min_field_points=32)
+    small.start_level(small.domain)
+    assert small.grid.shape == (40, 40)  # >= 32 points along the shortest axis
 
 
 def test_fast_syn_full_resolution_patches_recover_a_smooth_deformation():

@@ -6,6 +6,7 @@ Every loss is ``loss(fixed, warped, mask=None, **params) -> scalar tensor`` with
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -47,23 +48,51 @@ def nmi_loss(fixed, warped, mask=None, **params) -> torch.Tensor:
     return 2 - normalized_mutual_information(fixed, warped, mask, **params)
 
 
-SIMILARITY_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "mse": mse_loss,
-    "ncc": ncc_loss,
-    "lncc": lncc_loss,
-    "ngf": ngf_loss,
-    "mi": mi_loss,
-    "nmi": nmi_loss,
-    "mind": mind_loss,
+@dataclass(frozen=True)
+class SimilarityEntry:
+    """A registered similarity: its loss and whether the value depends on the geometry.
+
+    needs_grid: the loss takes ``grid=`` (gradients in mm, e.g. NGF): every caller that knows the
+    images' grid passes it through :func:`similarity_term`, so no caller keeps its own list.
+    """
+
+    loss: Callable[..., torch.Tensor]
+    needs_grid: bool = False
+
+
+SIMILARITIES: dict[str, SimilarityEntry] = {
+    "mse": SimilarityEntry(mse_loss),
+    "ncc": SimilarityEntry(ncc_loss),
+    "lncc": SimilarityEntry(lncc_loss),
+    "ngf": SimilarityEntry(ngf_loss, needs_grid=True),
+    "mi": SimilarityEntry(mi_loss),
+    "nmi": SimilarityEntry(nmi_loss),
+    "mind": SimilarityEntry(mind_loss),
 }
+SIMILARITY_LOSSES: dict[str, Callable[..., torch.Tensor]] = {name: e.loss for name, e in SIMILARITIES.items()}
+
+
+def similarity_entry(name: str) -> SimilarityEntry:
+    """The registry entry of ``name`` (a clear error for unknown names)."""
+    try:
+        return SIMILARITIES[name]
+    except KeyError:
+        raise MorphregError(f"unknown similarity {name!r} (choose from {', '.join(SIMILARITIES)})") from None
 
 
 def similarity_loss(name: str) -> Callable[..., torch.Tensor]:
     """The loss function registered under ``name`` (a clear error for unknown names)."""
-    try:
-        return SIMILARITY_LOSSES[name]
-    except KeyError:
-        raise MorphregError(f"unknown similarity {name!r} (choose from {', '.join(SIMILARITY_LOSSES)})") from None
+    return similarity_entry(name).loss
+
+
+def similarity_term(name: str, fixed: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor | None = None,
+                    grid=None, **params) -> torch.Tensor:
+    """The loss ``name`` of (N, C, *spatial) images on ``grid`` (a :class:`morphreg.core.grid.Grid`,
+    given to the metrics that need it; those without one fall back to voxel units)."""
+    entry = similarity_entry(name)
+    if entry.needs_grid and grid is not None and "grid" not in params:
+        params = {**params, "grid": grid}
+    return entry.loss(fixed, warped, mask, **params)
 
 
 class SimilarityLoss(nn.Module):

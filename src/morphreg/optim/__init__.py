@@ -1,8 +1,10 @@
-"""Optimisation: optimisers, the registration objective, transform models and the multi-resolution driver."""
-from morphreg.optim.models import MODELS, build_model
-from morphreg.optim.multires import Level, StageInputs, StageOutcome, run_stage
-from morphreg.optim.objective import Objective, soft_dice
+"""Optimisation: loss terms, the level objective, transform models, optimisers and the one loop."""
+from morphreg.optim.models import MODELS, BSplineModel, DenseModel, LinearModel, StageModel
+from morphreg.optim.multires import Level, LoopOptions, LoopOutcome, StageInputs, run_stage
+from morphreg.optim.objective import Objective, SameGridObjective
 from morphreg.optim.optimizers import OPTIMIZERS, OptimizerConfig, minimize
+from morphreg.optim.terms import PenaltyTerm, StageLoss, loss_terms
 
-__all__ = ["MODELS", "OPTIMIZERS", "Level", "Objective", "OptimizerConfig", "StageInputs", "StageOutcome",
-           "build_model", "minimize", "run_stage", "soft_dice"]
+__all__ = ["MODELS", "OPTIMIZERS", "BSplineModel", "DenseModel", "Level", "LinearModel", "LoopOptions", "LoopOutcome",
+           "Objective", "OptimizerConfig", "PenaltyTerm", "SameGridObjective", "StageInputs", "StageLoss", "StageModel",
+           "loss_terms", "minimize", "run_stage"]

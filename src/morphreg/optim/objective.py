@@ -1,46 +1,33 @@
-"""The registration objective on one pyramid level.
+"""The registration objective on one pyramid level, in two evaluations of the same loss terms.
 
-J(T) = w_sim * D(F_k, M_k o T)  [masked]
-     + w_label * (1 - soft Dice(F_labels, M_labels o T))
-     + w_landmark * mean |T(p_i) - q_i|^2 / s^2
-     + sum_i alpha_i * R_i(field of T)
+:class:`Objective` is the general one: every model is evaluated in world coordinates at the level
+grid's points (prior included), images, masks and one-hot labels are sampled through the one warp
+path (:func:`morphreg.image.sampling.sample_points`), and only voxels whose mapped point lies inside
+the moving image (and masks) count.
 
-D comes from ``morphreg.metrics.SIMILARITY_LOSSES`` and R_i from ``morphreg.regularizers.PENALTIES``.
-Every image (intensities, masks, one-hot labels) is sampled through the one warp path
-(:func:`morphreg.image.sampling.sample_points`).
+:class:`SameGridObjective` is the fast one for image-only dense stages (the SyN class): the moving
+image was resampled once through the prior onto the fixed grid, so both images live on one grid; the
+model's displacements are upsampled from the field grid (exact for ``Grid.downsample`` copies of one
+grid) and the images are sampled with their border values extended; full-resolution levels may draw
+random cubes instead of the whole grid (:mod:`morphreg.optim.cubes`).
+
+Both return the total of :func:`morphreg.optim.terms.loss_terms` and keep the terms by name
+(``last_terms``); ``probe(model)`` gives the data terms at fixed points, for the divergence check.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from morphreg.core.grid import Grid
+from morphreg.core.sampling import sample
 from morphreg.errors import MorphregError
-from morphreg.image.grid import Grid
 from morphreg.image.image import Image
-from morphreg.metrics.losses import similarity_loss
-from morphreg.optim.models import Mapping, StageModel
-from morphreg.regularizers import penalty_function
 from morphreg.image.sampling import sample_points
-
-
-# Similarities whose value depends on the geometry (gradients in mm) get the level grid.
-GRID_AWARE = ("ngf",)
-
-
-@dataclass
-class PenaltyTerm:
-    name: str
-    weight: float
-    params: dict = field(default_factory=dict)
-    mask: torch.Tensor | None = None  # (1, 1, *level shape) on the level grid, e.g. the rigidity mask
-
-    def __call__(self, f: torch.Tensor, grid: Grid) -> torch.Tensor:
-        fn = penalty_function(self.name)
-        mask = self.mask
-        if mask is not None and tuple(mask.shape[2:]) != tuple(f.shape[2:]):
-            raise MorphregError(f"penalty {self.name!r} mask does not match the field grid")
-        return self.weight * fn(f, grid, mask=mask, **self.params)
+from morphreg.optim.cubes import PatchSampler
+from morphreg.optim.models import DenseModel, StageModel, upsample_field
+from morphreg.optim.terms import DATA_TERMS, PenaltyTerm, StageLoss, loss_terms, total
 
 
 @dataclass
@@ -57,83 +44,133 @@ class LevelData:
     landmarks: tuple[torch.Tensor, torch.Tensor] | None = None  # fixed (K, dim), moving (K, dim), mm
 
 
-class Objective:
-    """Callable J(model) on one level; see the module docstring."""
+def _floats(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v.detach()) for k, v in terms.items()}
 
-    def __init__(self, level: LevelData, similarity: str, similarity_params: dict | None = None,
-                 similarity_weight: float = 1.0, penalties: list[PenaltyTerm] | None = None,
-                 label_weight: float = 0.0, landmark_weight: float = 0.0, landmark_scale_mm: float = 10.0):
-        self.level = level
+
+def _data_value(terms: dict[str, torch.Tensor]) -> float:
+    return float(total({k: v for k, v in terms.items() if k in DATA_TERMS}))
+
+
+class Objective:
+    """J(model) on one level, general evaluation; see the module docstring."""
+
+    def __init__(self, level: LevelData, loss: StageLoss, penalties: list[PenaltyTerm] | None = None):
+        self.level, self.loss = level, loss
         self.grid = level.fixed.grid
-        self.sim_name = similarity
-        self.sim = similarity_loss(similarity) if similarity_weight else None
-        self.sim_params = dict(similarity_params or {})
-        if self.sim is not None and similarity in GRID_AWARE and "grid" not in self.sim_params:
-            self.sim_params["grid"] = self.grid
-        self.sim_weight = similarity_weight
         self.penalties = penalties or []
-        self.label_weight = label_weight if level.fixed_labels is not None else 0.0
-        self.landmark_weight = landmark_weight if level.landmarks is not None else 0.0
-        self.landmark_scale = landmark_scale_mm
         self.fixed_batch = level.fixed.batch().float()
         self.last_terms: dict[str, float] = {}
 
-    def mask(self, m: Mapping) -> torch.Tensor:
+    def mask(self, moving_points: torch.Tensor, fixed_points: torch.Tensor | None) -> torch.Tensor:
         """Weights of the voxels that take part: fixed mask x inside the moving image x moving mask
         (and inside the fixed image for symmetric models). Detached: the overlap must not be a force."""
         lv = self.level
         with torch.no_grad():
             ones = Image(torch.ones(1, *lv.moving.grid.shape), lv.moving.grid)
-            w = sample_points(ones, m.moving_points, "linear", 0.0)
+            w = sample_points(ones, moving_points, "linear", 0.0)
             if lv.moving_mask is not None:
-                w = w * sample_points(lv.moving_mask, m.moving_points, "linear", 0.0)
-            if m.fixed_points is not None:
-                w = w * sample_points(Image(torch.ones(1, *self.grid.shape), self.grid), m.fixed_points, "linear", 0.0)
+                w = w * sample_points(lv.moving_mask, moving_points, "linear", 0.0)
+            if fixed_points is not None:
+                w = w * sample_points(Image(torch.ones(1, *self.grid.shape), self.grid), fixed_points, "linear", 0.0)
             if lv.fixed_mask is not None:
                 w = w * lv.fixed_mask
             return (w > 0.5).float() if w.numel() else w
 
-    def __call__(self, model: StageModel, sample_fraction: float | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def terms(self, model: StageModel, sample_fraction: float | None = None,
+              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         m = model.evaluate(self.grid)
-        lv = self.level
-        total = torch.zeros((), dtype=torch.float32)
-        terms: dict[str, float] = {}
-        if self.sim is not None:
+        lv, loss = self.level, self.loss
+        images = {}
+        if loss.similarity is not None and loss.similarity_weight:
             warped = sample_points(lv.moving.float(), m.moving_points, "linear", 0.0)
             fixed = self.fixed_batch if m.fixed_points is None else sample_points(lv.fixed.float(), m.fixed_points, "linear", 0.0)
-            mask = self.mask(m)
+            mask = self.mask(m.moving_points, m.fixed_points)
             if sample_fraction is not None and sample_fraction < 1:
-                keep = torch.rand(mask.shape, generator=generator) < sample_fraction
-                mask = mask * keep
+                keep = torch.rand(mask.shape, generator=generator, device="cpu" if generator is None else generator.device)
+                mask = mask * (keep.to(mask.device) < sample_fraction)
             if float(mask.sum()) < 1:
                 raise MorphregError("the images do not overlap (or the masks are empty) under the current transform")
-            d = self.sim_weight * self.sim(fixed, warped, mask=mask, **self.sim_params)
-            terms["similarity"] = float(d.detach())
-            total = total + d
-        if self.label_weight:
-            warped_labels = sample_points(lv.moving_labels, m.moving_points, "linear", 0.0)
+            images = dict(fixed=fixed, warped=warped, mask=mask, grid=self.grid)
+        labels = {}
+        if lv.fixed_labels is not None and loss.label_weight:
             fl = lv.fixed_labels if m.fixed_points is None else sample_points(
                 Image(lv.fixed_labels[0], self.grid), m.fixed_points, "linear", 0.0)
-            loss = self.label_weight * (1 - soft_dice(fl, warped_labels))
-            terms["labels"] = float(loss.detach())
-            total = total + loss
-        if self.landmark_weight:
+            labels = dict(fixed_labels=fl, warped_labels=sample_points(lv.moving_labels, m.moving_points, "linear", 0.0))
+        points = {}
+        if lv.landmarks is not None and loss.landmark_weight:
             p, q = lv.landmarks
-            err = ((model.map_points(p) - q) ** 2).sum(-1).mean() / self.landmark_scale**2
-            terms["landmarks"] = float(err.detach())
-            total = total + self.landmark_weight * err
-        if m.field is not None:
-            for pen in self.penalties:
-                value = pen(m.field, m.field_grid)
-                terms[pen.name] = float(value.detach())
-                total = total + value
-        self.last_terms = terms
-        return total
+            points = dict(mapped_points=model.map_points(p), target_points=q)
+        return loss_terms(loss, **images, **labels, **points, field=m.field, field_grid=m.field_grid,
+                          penalties=self.penalties)
+
+    def __call__(self, model: StageModel, sample_fraction: float | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        terms = self.terms(model, sample_fraction, generator)
+        self.last_terms = _floats(terms)
+        return total(terms)
+
+    def probe(self, model: StageModel) -> float:
+        """The data terms (no penalties) on the whole level grid, without gradients."""
+        with torch.no_grad():
+            terms = self.terms(model)
+        self.last_terms = _floats(terms)
+        return _data_value(terms)
 
 
-def soft_dice(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Mean soft Dice over channels of two (N, K, *spatial) maps in [0, 1]."""
-    dims = tuple(range(2, a.dim()))
-    inter = (a * b).sum(dims)
-    return (2 * inter / (a.sum(dims) + b.sum(dims) + eps)).mean()
+class SameGridObjective:
+    """J(model) on one level, both images on one grid; see the module docstring.
+
+    Args:
+        fixed, moving: (1, C, *grid.shape) level images (the moving one already through the prior).
+        mask: (1, 1, *grid.shape) fixed-side weights or None.
+        sampler: random cubes per call (stochastic level) or None (the whole grid).
+        probe_seed: seed of the fixed cubes :meth:`probe` compares on (4 draws).
+    """
+
+    def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, grid: Grid, loss: StageLoss,
+                 penalties: list[PenaltyTerm] | None = None, mask: torch.Tensor | None = None,
+                 sampler: PatchSampler | None = None, probe_seed: int = 0):
+        self.fixed, self.moving, self.grid, self.loss = fixed, moving, grid, loss
+        self.penalties, self.mask, self.sampler = penalties or [], mask, sampler
+        if sampler is None:
+            self.points = self.probe_points = grid.points(dtype=torch.float32).unsqueeze(0)
+        else:
+            draws = torch.Generator().manual_seed(probe_seed)
+            self.probe_points = torch.cat([sampler.draw(draws) for _ in range(4)], 1)
+        self.last_terms: dict[str, float] = {}
+
+    def terms(self, model: DenseModel, pts: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Terms at world points ``pts`` (1, *out, dim) of the level grid."""
+        g, f, m = self.grid, self.fixed, self.moving
+        v = model.field()
+        u = model.displacements(v)
+        if self.sampler is None:  # whole grid: upsampling the field is much faster than sampling it
+            moved = pts + torch.movedim(upsample_field(u, model.grid, g), 1, -1)
+        else:
+            moved = pts + torch.movedim(sample(u, model.grid, pts, "linear", fill_value=None), 1, -1)
+        warped = sample(m, g, moved[:1], "linear", fill_value=None)
+        if model.symmetric:
+            ref = sample(f, g, moved[1:], "linear", fill_value=None)
+        else:
+            ref = f if self.sampler is None else sample(f, g, pts, "linear", fill_value=None)
+        w = self.mask
+        if self.sampler is not None:  # (1, C, cubes, *size) -> (cubes, C, *size)
+            warped, ref = (torch.movedim(t, 2, 0).squeeze(1) for t in (warped, ref))
+            if w is not None:
+                w = torch.movedim(sample(w, g, pts, "nearest"), 2, 0).squeeze(1)
+        return loss_terms(self.loss, fixed=ref, warped=warped, mask=w, grid=g, field=v, field_grid=model.grid,
+                          penalties=self.penalties)
+
+    def __call__(self, model: DenseModel, sample_fraction: float | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        terms = self.terms(model, self.points if self.sampler is None else self.sampler.draw())
+        self.last_terms = _floats(terms)
+        return total(terms)
+
+    def probe(self, model: DenseModel) -> float:
+        """The data terms at the whole grid or the fixed cubes, without gradients."""
+        with torch.no_grad():
+            terms = self.terms(model, self.probe_points)
+        self.last_terms = _floats(terms)
+        return _data_value(terms)

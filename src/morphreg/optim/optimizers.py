@@ -105,19 +105,25 @@ def minimize(
     config: OptimizerConfig,
     callback: Callable[[int, float], None] | None = None,
     generator: torch.Generator | None = None,
+    stochastic: bool = False,
 ) -> list[float]:
     """Minimise ``fn()`` over ``params`` in place; returns the objective trace (one value per iteration).
 
     ``fn`` is called without arguments, except for "asgd", which calls ``fn(sample_fraction=..., generator=...)``
     so the objective can draw a random voxel subset. The parameters end at the best value seen
-    (for the deterministic optimisers) or the last iterate (asgd, whose values are noisy).
+    (for the deterministic optimisers) or the last iterate (asgd, and any optimiser told
+    ``stochastic``: ``fn`` draws new samples each call, so its values are not comparable; then every
+    iteration runs, without the relative-change stop).
     """
     if iterations <= 0 or not params:
         return []
     view = _Scaled(params, scales)
-    runner = {"adam": _adam, "gd": _gradient_descent, "lbfgs": _lbfgs, "asgd": _asgd}[config.name]
-    trace = runner(view, fn, iterations, config, callback, generator)
-    return trace
+    if stochastic and config.name not in ("adam", "asgd"):
+        raise MorphregError(f"the {config.name} optimiser needs comparable values: use adam or asgd on stochastic levels")
+    if config.name == "adam":
+        return _adam(view, fn, iterations, config, callback, stochastic)
+    runner = {"gd": _gradient_descent, "lbfgs": _lbfgs, "asgd": _asgd}[config.name]
+    return runner(view, fn, iterations, config, callback, generator)
 
 
 def _report(trace: list[float], value: float, callback) -> None:
@@ -132,7 +138,7 @@ def _keep_best(view: _Scaled, best_z: torch.Tensor) -> None:
     view.push()
 
 
-def _adam(view, fn, iterations, config, callback, generator) -> list[float]:
+def _adam(view, fn, iterations, config, callback, stochastic: bool = False) -> list[float]:
     opt = torch.optim.Adam([view.z], lr=config.lr, betas=config.extra.get("betas", (0.9, 0.999)))
     stop = RelativeStop(config.tolerance, config.patience)
     trace: list[float] = []
@@ -142,14 +148,18 @@ def _adam(view, fn, iterations, config, callback, generator) -> list[float]:
     for i in range(iterations):
         value = float(view.evaluate(fn))
         _report(trace, value, callback)
-        if value < best:
-            best, best_z = value, view.z.detach().clone()
-        if stop(value):
-            break
+        if not stochastic:
+            if value < best:
+                best, best_z = value, view.z.detach().clone()
+            if stop(value):
+                break
         for group in opt.param_groups:
             group["lr"] = config.lr * ratio ** (i / max(1, iterations - 1))
         opt.step()
-    _keep_best(view, best_z)
+    if stochastic:
+        view.push()  # the last iterate
+    else:
+        _keep_best(view, best_z)
     return trace
 
 

@@ -20,11 +20,8 @@ import torch
 from morphreg.errors import MorphregError
 from morphreg.evaluate.warnings import merge_warnings, quality_warnings, stage_warnings
 from morphreg.image.image import Image
-from morphreg.optim.models import LINEAR_MODELS, build_model
-from morphreg.optim.multires import Level, StageInputs, run_stage
-from morphreg.optim.optimizers import OptimizerConfig
+from morphreg.optim.multires import StageInputs
 from morphreg.register.guards import check_stage
-from morphreg.register.initialize import initialize
 from morphreg.register.inputs import (
     initial_transform_for,
     intensity_image,
@@ -35,43 +32,13 @@ from morphreg.register.inputs import (
     read_landmarks,
     select_label_channels,
 )
+from morphreg.register.methods import get_method, is_linear
+from morphreg.register.methods.base import Prior, StageContext, resolve_levels, stage_inputs
 from morphreg.register.modality import modality_evidence, same_outline
-from morphreg.register.presets import apply_overrides, get_preset, stage_similarity
-from morphreg.register.regions import field_of_view_region
+from morphreg.register.presets import apply_overrides, get_preset
 from morphreg.register.result import Result, assess
-from morphreg.register.solvers import SOLVER_MODELS, run_solver_stage
-from morphreg.transforms import CompositeTransform, LinearTransform, ThinPlateSplineTransform, Transform
+from morphreg.transforms import LinearTransform, Transform
 from morphreg.transforms.warp import warp
-
-
-# ----- stages -----------------------------------------------------------------------------------------
-def resolve_levels(levels, fixed: Image) -> list[Level]:
-    """[[shrink, sigma, iterations], ...] -> Levels. sigma: mm, "<k>vox" (k fixed voxels, the finest
-    spacing) or None (= shrink / 2 fixed voxels)."""
-    out = []
-    for entry in levels:
-        shrink, sigma, its = (list(entry) + [None, 50])[:3] if not isinstance(entry, dict) else (
-            entry["shrink"], entry.get("sigma_mm"), entry.get("iterations", 50))
-        if sigma is None:
-            sigma = 0.0 if shrink <= 1 else 0.5 * float(shrink) * float(fixed.grid.spacing.min())
-        elif isinstance(sigma, str):
-            number = sigma[:-3] if sigma.endswith("vox") else ""
-            try:
-                sigma = float(number) * float(fixed.grid.spacing.min())
-            except ValueError:
-                raise MorphregError(f"level sigma {sigma!r}: give mm, '<k>vox' or None") from None
-        out.append(Level(float(shrink), float(sigma), int(its)))
-    return out
-
-
-def _compose(prior: Transform | None, stage: Transform) -> Transform:
-    return stage if prior is None else CompositeTransform([prior, stage])
-
-
-def _inverse(prior_inv: Transform | None, stage_inv: Transform | None, had_prior: bool) -> Transform | None:
-    if stage_inv is None or (had_prior and prior_inv is None):
-        return None
-    return stage_inv if not had_prior else CompositeTransform([stage_inv, prior_inv])
 
 
 # ----- the driver -------------------------------------------------------------------------------------
@@ -178,7 +145,9 @@ def register(
     if metric is not None:
         overrides = {"similarity": metric, **overrides}
     stages = apply_overrides(stages, overrides)
-    if initial is not None and not isinstance(initial, LinearTransform) and stages[0].get("model") in LINEAR_MODELS:
+    for stage in stages:  # every stage checked before anything runs
+        get_method(stage.get("model")).check(stage)
+    if initial is not None and not isinstance(initial, LinearTransform) and is_linear(stages[0].get("model")):
         raise MorphregError(f"the initial transform is deformable: a {stages[0]['model']} stage cannot follow it "
                             "(choose a deformable preset)", initial_transform if isinstance(initial_transform, (str, Path)) else None)
     inputs = StageInputs(fixed, moving, fmask, mmask, fl, ml, None if p is None else (p, q),
@@ -193,8 +162,9 @@ def register(
             torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(int(seed))
         try:
-            result = _run(stages, inputs, modality, preset_name, label_weight, landmark_weight, seed, progress,
-                          fixed_path, moving_path, t_io, t_start, initial)
+            run = _Run(inputs, modality, preset_name, float(label_weight), float(landmark_weight), int(seed), progress,
+                       fixed_path, moving_path, t_io, t_start)
+            result = run(stages, initial)
         except MorphregError as exc:
             if exc.path is not None:
                 raise
@@ -209,142 +179,73 @@ def register(
     return result
 
 
-def _run(stages, inputs: StageInputs, modality, preset_name, label_weight, landmark_weight, seed, progress,
-         fixed_path, moving_path, t_io, t_start, initial: Transform | None = None) -> Result:
-    fixed, moving = inputs.fixed, inputs.moving
-    transform: Transform | None = initial
-    inverse: Transform | None = None
-    if initial is not None:
-        try:
-            inverse = initial.inverse(grid=moving.grid)
-        except (ValueError, MorphregError, NotImplementedError):
-            inverse = None  # the result then has no inverse either
-    report_stages = []
-    bar = _progress() if progress else None
-    if bar is not None:
-        bar.start()
-    try:
-        for i, stage in enumerate(stages):
-            t0 = time.perf_counter()
-            kind = stage.get("model")
-            record = {"index": i, **copy.deepcopy(stage)}
-            if kind == "tps":
-                transform, inverse = _tps_stage(stage, inputs, transform, inverse)
-                record.update(seconds=[time.perf_counter() - t0], diverged=False)
-                report_stages.append(record)
-                continue
-            levels = resolve_levels(stage.get("levels", [[1, 0, 50]]), fixed)
-            record["levels"] = [[lv.shrink, lv.sigma_mm, lv.iterations] for lv in levels]
-            if kind in SOLVER_MODELS:  # demons / convex: their own iterative solvers, same inputs and outputs
-                out = run_solver_stage(kind, stage, inputs, transform, levels, modality, seed + i, bar, f"{i}:{kind}",
-                                       float(stage.get("label_weight", label_weight)),
-                                       float(stage.get("landmark_weight", landmark_weight)))
-                record.update(out.record)
-                report_stages.append(record)
-                if not out.record.get("diverged"):
-                    inverse = _inverse(inverse, out.inverse, transform is not None)
-                    transform = _compose(transform, out.transform)
-                continue
-            if kind in LINEAR_MODELS and transform is None:
-                init = stage.get("init") or "identity"
-                params = dict(init[1]) if isinstance(init, (list, tuple)) else {}
-                name = init[0] if isinstance(init, (list, tuple)) else init
-                transform = _initialize(inputs, name, params)
-                inverse = transform.inverse()
-                record["initial_transform"] = transform.to_dict()
-            prior = transform
-            model = build_model(kind, stage.get("model_params", {}) or {}, prior, fixed.grid, len(levels))
-            sim, sim_params = stage_similarity(stage, modality)
-            record.update(similarity=sim, similarity_params=sim_params)
-            opt = OptimizerConfig(**(stage.get("optimizer") or {}))
-            outcome = run_stage(
-                model, _stage_inputs(inputs, stage), levels, sim, sim_params, stage.get("penalties", []) or [], opt,
-                label_weight=float(stage.get("label_weight", label_weight)),
-                landmark_weight=float(stage.get("landmark_weight", landmark_weight)),
-                similarity_weight=float(stage.get("similarity_weight", 1.0)),
-                seed=seed + i, progress=bar, name=f"{i}:{kind} {sim}",
-            )
-            record.update(trace=outcome.trace, seconds=outcome.seconds, initial_objective=outcome.initial,
-                          final_objective=outcome.final, terms=outcome.terms, diverged=outcome.diverged)
-            report_stages.append(record)
-            if outcome.diverged:
-                continue  # keep the previous stages' transform
-            stage_t = model.stage_transform()
-            if model.prior is None:  # linear stage replacing a linear prior
-                new_t, new_inv = stage_t, model.inverse_transform()
-            else:
-                new_t, new_inv = _compose(prior, stage_t), _inverse(inverse, model.inverse_transform(), True)
-            if stage.get("guard"):
-                record["guard"] = check_stage(stage["guard"], _stage_inputs(inputs, stage), prior, new_t, stage_t if model.prior is not None else None)
-                if not record["guard"]["accepted"]:
-                    record["diverged"] = True
-                    continue  # an independent check says the stage went wrong: keep the previous transform
-            transform, inverse = new_t, new_inv
-    finally:
+@dataclasses.dataclass
+class _Run:
+    """One run's settings; calling it runs the stages (each through its registered method)."""
+
+    inputs: StageInputs
+    modality: str
+    preset_name: str
+    label_weight: float
+    landmark_weight: float
+    seed: int
+    progress: bool
+    fixed_path: str | None
+    moving_path: str | None
+    t_io: float
+    t_start: float
+
+    def __call__(self, stages: list[dict], initial: Transform | None) -> Result:
+        prior = Prior(initial, _inverse_of(initial, self.inputs.moving.grid))
+        records = []
+        bar = _progress() if self.progress else None
         if bar is not None:
-            bar.stop()
+            bar.start()
+        try:
+            for i, stage in enumerate(stages):
+                context = StageContext(self.inputs, self.modality, i, self.seed + i, bar, self.label_weight,
+                                       self.landmark_weight)
+                outcome = get_method(stage.get("model")).run(stage, context, prior)
+                record, start = outcome.record, outcome.start or prior
+                if not record.diverged and stage.get("guard"):
+                    record.guard = check_stage(stage["guard"], stage_inputs(self.inputs, stage), start.transform,
+                                               outcome.transform, outcome.stage_transform)
+                    record.diverged = not record.guard["accepted"]  # an independent check says it went wrong
+                records.append(record)
+                prior = start if record.diverged else Prior(outcome.transform, outcome.inverse)
+        finally:
+            if bar is not None:
+                bar.stop()
+        return self.result(prior, records)
+
+    def result(self, prior: Prior, records: list) -> Result:
+        transform, inverse = prior.transform, prior.inverse
+        fixed, moving = self.inputs.fixed, self.inputs.moving
+        if transform is None:
+            raise MorphregError("the preset has no stage")
+        for prm in transform.parameters():
+            prm.requires_grad_(False)
+        t_warp = time.perf_counter()
+        with torch.no_grad():
+            warped = warp(moving, transform, fixed.grid, "linear")
+            quality = assess(transform, inverse, fixed.grid, self.inputs.fixed_mask)
+        warnings = merge_warnings(stage_warnings(records), quality_warnings(quality, float(np.max(fixed.grid.spacing))))
+        times = {"io_s": self.t_io, "stages_s": [sum(r.seconds or [0.0]) for r in records],
+                 "warp_s": time.perf_counter() - t_warp, "total_s": time.perf_counter() - self.t_start}
+        final = next((r.final_objective for r in reversed(records) if not r.diverged and r.final_objective is not None), None)
+        return Result(transform=transform, inverse=inverse, warped=warped, fixed=fixed, moving=moving, stages=records,
+                      timings=times, preset=self.preset_name, modality=self.modality, final_metric=final,
+                      fixed_path=self.fixed_path, moving_path=self.moving_path, quality=quality, warnings=warnings)
+
+
+def _inverse_of(transform: Transform | None, grid) -> Transform | None:
+    """The inverse of an initial transform, None when it has none (the result then has no inverse either)."""
     if transform is None:
-        raise MorphregError("the preset has no stage")
-    for prm in transform.parameters():
-        prm.requires_grad_(False)
-    t_warp = time.perf_counter()
-    with torch.no_grad():
-        warped = warp(moving, transform, fixed.grid, "linear")
-        quality = assess(transform, inverse, fixed.grid, inputs.fixed_mask)
-    warnings = merge_warnings(stage_warnings(report_stages),
-                              quality_warnings(quality, float(np.max(fixed.grid.spacing))))
-    summary_times = {"io_s": t_io, "stages_s": [sum(r.get("seconds", [0.0])) for r in report_stages],
-                     "warp_s": time.perf_counter() - t_warp, "total_s": time.perf_counter() - t_start}
-    final = next((r.get("final_objective") for r in reversed(report_stages) if not r.get("diverged") and "final_objective" in r), None)
-    return Result(
-        transform=transform, inverse=inverse, warped=warped, fixed=fixed, moving=moving,
-        stages=report_stages, timings=summary_times, preset=preset_name, modality=modality,
-        final_metric=final, fixed_path=fixed_path,
-        moving_path=moving_path, quality=quality, warnings=warnings,
-    )
-
-
-def _initialize(inputs: StageInputs, name: str, params: dict) -> Transform:
-    """The initial rigid transform; "labels" = centres of mass of the label maps (needs labels)."""
-    if name == "labels":
-        if inputs.fixed_labels is None:
-            name = "geometry"  # label-driven presets still run (image-only) without labels
-        else:
-            fl, ml = inputs.fixed_labels, inputs.moving_labels
-            return initialize(fl.with_data(fl.data.sum(0, keepdim=True)), ml.with_data(ml.data.sum(0, keepdim=True)),
-                              "moments", **params)
-    return initialize(inputs.fixed, inputs.moving, name, inputs.fixed_mask, inputs.moving_mask, **params)
-
-
-def _stage_inputs(inputs: StageInputs, stage: dict) -> StageInputs:
-    """The stage's inputs: the fixed field-of-view mask when ``fov_mask`` is set and no fixed mask was
-    given; the one-hot labels Gaussian-smoothed by ``label_sigma_mm`` when set (a soft
-    Dice on blurred masks has a wide capture range and pulls the whole outline, not just its edge)."""
-    if stage.get("fov_mask") and inputs.fixed_mask is None:
-        roi = stage["fov_mask"].get("roi") if isinstance(stage["fov_mask"], dict) else None
-        inputs = dataclasses.replace(inputs, fixed_mask=field_of_view_region(inputs.fixed, roi))
-    sigma = float(stage.get("label_sigma_mm") or 0.0)
-    if not sigma or inputs.fixed_labels is None:
-        return inputs
-    from morphreg.image.filters import gaussian_filter, sigma_mm_to_vox
-
-    def blur(img: Image) -> Image:
-        return img.with_data(gaussian_filter(img.data[None].float(), sigma_mm_to_vox(sigma, img.grid))[0])
-
-    return dataclasses.replace(inputs, fixed_labels=blur(inputs.fixed_labels), moving_labels=blur(inputs.moving_labels))
-
-
-def _tps_stage(stage, inputs: StageInputs, prior, prior_inv):
-    if inputs.landmarks is None:
-        raise MorphregError("the tps method needs fixed and moving landmarks")
-    p, q = inputs.landmarks
-    if prior is not None:
-        if not isinstance(prior, LinearTransform):
-            raise MorphregError("a tps stage can only follow linear stages")
-        q = prior.inverse().points(q)  # the spline then maps fixed points to the linearly aligned space
-    tps = ThinPlateSplineTransform(p.detach(), q.detach(), float((stage.get("model_params") or {}).get("smoothing", 0.0)),
-                                   domain=inputs.fixed.grid)
-    return _compose(prior, tps), None
+        return None
+    try:
+        return transform.inverse(grid=grid)
+    except (ValueError, MorphregError, NotImplementedError):
+        return None
 
 
 def _progress():

@@ -49,7 +49,7 @@ def modality_evidence(fixed: Image, moving: Image) -> dict:
 
     def curve(img: Image) -> torch.Tensor:
         v = img.data[0].detach().reshape(-1).double()
-        v = v[torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:200000]]
+        v = v[torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0), device="cpu")[:200000].to(v.device)]
         lo, hi = torch.quantile(v, 0.01), torch.quantile(v, 0.99)
         return (torch.quantile(v, q) - lo) / (hi - lo).clamp_min(1e-12)
 
@@ -84,15 +84,16 @@ def _foreground(image: Image) -> torch.Tensor:
 def _coarse_rigid_mi(fixed: Image, moving: Image):
     """A rigid fixed -> moving transform by mutual information, 30 + 20 Adam steps at 1/2 and full
     resolution of the (small) images, from the image centres."""
-    from morphreg.optim.models import build_model
+    from morphreg.optim.models import LinearModel
     from morphreg.optim.multires import Level, StageInputs, run_stage
     from morphreg.optim.optimizers import OptimizerConfig
+    from morphreg.optim.terms import StageLoss
     from morphreg.register.initialize import initialize
 
     start = initialize(fixed, moving, "geometry")
-    model = build_model("rigid", {}, start, fixed.grid, 2)
+    model = LinearModel("rigid", fixed.grid, start)
     levels = [Level(2.0, float(fixed.grid.spacing.min()), 30), Level(1.0, 0.0, 20)]
-    outcome = run_stage(model, StageInputs(fixed, moving), levels, "mi", {}, [],
+    outcome = run_stage(model, StageInputs(fixed, moving), levels, StageLoss("mi"),
                         OptimizerConfig(name="adam", lr=0.5, tolerance=1e-5, patience=10), seed=0)
     return start if outcome.diverged else model.stage_transform()
 

@@ -3,7 +3,8 @@
 A stage is a plain dict (every key can be overridden through ``register(..., **overrides)``):
 
     model:            translation | rigid | similarity | affine | bspline | svf | displacement | tps
-                      | demons | convex (solvers of their own: morphreg.register.demons / .convex)
+                      | demons | convex (solvers of their own: morphreg.register.methods.demons / .convex);
+                      any name registered in morphreg.register.methods.METHODS
     model_params:     e.g. {"control_spacing_mm": 8} (bspline), {"symmetric": True, "smoothing_mm": 2}
     similarity:       a name of morphreg.metrics.SIMILARITY_LOSSES, or {"mono": ..., "multi": ...}
                       chosen from the modality pair ("auto" detection or the ``modality`` override)
@@ -53,7 +54,7 @@ BSPLINE = {
     "optimizer": {"name": "adam", "lr": 0.3, "tolerance": 1e-5, "patience": 15, "extra": {"final_lr_ratio": 0.1}},
     "levels": DEFORMABLE_LEVELS,
 }
-# SyN class (morphreg.optim.fastsyn): symmetric stationary velocity on a 4x coarser grid (Gaussian
+# SyN class (morphreg.register.methods.dense, "solver": "fast"): symmetric stationary velocity on a 4x coarser grid (Gaussian
 # smoothed, diffusion penalty), LNCC (window 5 voxels of each level) half way, Adam at 1/4 and 1/2
 # resolution; like ANTs' default SyN the full-resolution level gets no iterations. Pyramid smoothing is
 # half the usual (1 voxel at 1/4, none at 1/2: resampling at 1/2 already averages 2^d voxels): brain T1
@@ -92,7 +93,7 @@ SYN = {
 # Mono-modal linear stages of "default": cheap on near-aligned inputs (coarse levels, early stop).
 MONO_RIGID = {**RIGID, "levels": [[4, None, 30]], "optimizer": {**_LINEAR_OPT, "tolerance": 1e-4, "patience": 8}}
 MONO_AFFINE = {**MONO_RIGID, "model": "affine", "init": None, "levels": [[4, None, 30], [2, None, 15]]}
-# Classical demons (morphreg.register.demons, its own iterative solver): symmetric log-domain
+# Classical demons (morphreg.register.methods.demons, its own iterative solver): symmetric log-domain
 # diffeomorphic demons by default; variant "thirion" (additive) or "compositive" (diffeomorphic
 # demons). Intensity differences for mono-modal pairs, MIND-SSC channels for multimodal ones.
 DEMONS = {
@@ -101,7 +102,7 @@ DEMONS = {
                      "diffusion_sigma_vox": 1.0, "max_step_vox": 2.0},
     "levels": [[4, None, 80], [2, None, 60], [1, 0.0, 40]],
 }
-# ConvexAdam (morphreg.register.convex): MIND-SSC cost volume over a displacement search on a coarse
+# ConvexAdam (morphreg.register.methods.convex): MIND-SSC cost volume over a displacement search on a coarse
 # grid, coupled convex optimisation, then Adam instance optimisation of a dense field (diffusion).
 CONVEX = {
     "model": "convex",

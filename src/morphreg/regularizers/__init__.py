@@ -5,12 +5,9 @@
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
-from morphreg.errors import MorphregError
 from morphreg.image.grid import Grid
 from morphreg.regularizers.dense import (
     bending_energy,
@@ -22,25 +19,8 @@ from morphreg.regularizers.dense import (
     log_jacobian,
     rigidity_penalty,
 )
+from morphreg.regularizers.penalties import PENALTIES, penalty_function
 from morphreg.regularizers.transform import penalty_grid, transform_penalty
-
-PENALTIES: dict[str, Callable[..., torch.Tensor]] = {
-    "diffusion": diffusion,
-    "bending": bending_energy,
-    "elastic": linear_elastic,
-    "log_jacobian": log_jacobian,
-    "incompressibility": log_jacobian,
-    "folding": folding_penalty,
-    "rigidity": rigidity_penalty,
-}
-
-
-def penalty_function(name: str) -> Callable[..., torch.Tensor]:
-    """The penalty registered under ``name`` (a clear error for unknown names)."""
-    try:
-        return PENALTIES[name]
-    except KeyError:
-        raise MorphregError(f"unknown penalty {name!r} (choose from {', '.join(PENALTIES)})") from None
 
 
 class Penalty(nn.Module):

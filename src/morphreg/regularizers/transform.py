@@ -17,6 +17,7 @@ import torch
 from morphreg.core.sampling import sample
 from morphreg.errors import MorphregError
 from morphreg.image.grid import Grid
+from morphreg.regularizers.penalties import penalty_function
 from morphreg.transforms.base import Transform
 from morphreg.transforms.bspline import BSplineTransform
 
@@ -58,8 +59,6 @@ def transform_penalty(
     Returns:
         scalar, in the penalty's units.
     """
-    from morphreg.regularizers import penalty_function
-
     fn = penalty_function(penalty) if isinstance(penalty, str) else penalty
     domain = domain or transform.domain()
     grid = penalty_grid(transform, domain, points_per_control)

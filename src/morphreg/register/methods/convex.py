@@ -34,10 +34,20 @@ from morphreg.image.image import Image
 from morphreg.metrics._common import as_weight, weighted_mean
 from morphreg.metrics.mind import mind_ssc
 from morphreg.optim.models import DenseModel, resample_field
-from morphreg.optim.multires import run_stage
-from morphreg.optim.optimizers import OptimizerConfig
 from morphreg.optim.progress import add_progress
-from morphreg.register.solvers import SolverOutcome, level_grid_points, overlap_mask, prior_points
+from morphreg.register.methods.base import (
+    Method,
+    Prior,
+    StageContext,
+    StageOutcome,
+    compose,
+    level_grid_points,
+    new_record,
+    optimise,
+    overlap_mask,
+    prior_points,
+    stage_levels,
+)
 from morphreg.transforms import DisplacementFieldTransform, Transform
 from morphreg.image.sampling import sample_points
 
@@ -56,11 +66,7 @@ DEFAULTS = {
 }
 
 
-def convex_params(stage: dict) -> dict:
-    params = {**DEFAULTS, **(stage.get("model_params") or {})}
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise MorphregError(f"unknown convex parameter(s) {sorted(unknown)} (known: {', '.join(DEFAULTS)})")
+def check_convex_params(params: dict) -> dict:
     if int(params["aggregate_vox"]) % 2 == 0:
         raise MorphregError(f"convex aggregate_vox must be odd, got {params['aggregate_vox']}")
     return params
@@ -218,46 +224,51 @@ def _mind(image: torch.Tensor, params: dict) -> torch.Tensor:
     return mind_ssc(image, int(mind.get("radius", 1)), int(mind.get("dilation", 2)))
 
 
-def run_convex_stage(stage: dict, inputs, prior: Transform | None, levels, modality: str, seed: int = 0,
-                     progress=None, name: str = "convex", label_weight: float = 0.0,
-                     landmark_weight: float = 0.0) -> SolverOutcome:
-    """Run ConvexAdam (see the module docstring); the result maps fixed points into the prior's space."""
-    from morphreg.register.presets import stage_similarity
+class Convex(Method):
+    """``"model": "convex"``: discrete search + coupled convex step, then the instance optimisation
+    of a dense displacement on the one optimisation loop (module docstring)."""
 
-    params = convex_params(stage)
-    grid = inputs.fixed.grid
-    t0 = time.perf_counter()
-    callback = add_progress(progress, f"{name} discrete search", 1)
-    with torch.no_grad():
-        field, discrete = discrete_displacement(inputs, prior, params)
-    before, after = discrete["mind_before"], discrete["mind_after"]
-    callback(1, after)
-    discrete.update(seconds=time.perf_counter() - t0, kept=after < before)
-    if not after < before:
-        field = torch.zeros_like(field)  # the search made it worse: start the instance optimisation at identity
-    record = {"discrete": discrete, "model_params": params, "initial_objective": before, "final_objective": min(after, before),
-              "trace": [[before, after]], "seconds": [discrete["seconds"]], "diverged": False}
-    transform: Transform = DisplacementFieldTransform(field, grid)
-    if params["instance"] and levels:
-        smoothing = params["smoothing_mm"]
-        smoothing = float(np.min(grid.spacing)) if smoothing is None else float(smoothing)
-        model = DenseModel(prior, grid, "displacement", False, smoothing, float(params["field_shrink"]))
-        model.grid, model.param = grid, field.clone()
-        sim, sim_params = stage_similarity(stage, modality)
-        outcome = run_stage(
-            model, inputs, levels, sim, sim_params, stage.get("penalties", []) or [],
-            OptimizerConfig(**(stage.get("optimizer") or {})), label_weight=label_weight,
-            landmark_weight=landmark_weight, similarity_weight=float(stage.get("similarity_weight", 1.0)),
-            seed=seed, progress=progress, name=f"{name} adam")
-        record.update(similarity=sim, similarity_params=sim_params, trace=record["trace"] + outcome.trace,
-                      seconds=record["seconds"] + outcome.seconds, terms=outcome.terms,
-                      instance={"initial_objective": outcome.initial, "final_objective": outcome.final,
-                                "diverged": outcome.diverged})
-        if not outcome.diverged:
-            transform = model.stage_transform()
-            record["final_objective"] = outcome.final  # the stage's similarity (+ label/landmark terms), finest level
-    if not discrete["kept"] and (not params["instance"] or record.get("instance", {}).get("diverged", True)):
-        record["diverged"] = True  # neither step improved on the previous transform
-    if math.isnan(record["final_objective"]):
-        record["diverged"] = True
-    return SolverOutcome(transform, None, record)
+    name = "convex"
+    params = DEFAULTS
+
+    def check(self, stage: dict) -> None:
+        check_convex_params(self.model_params(stage))
+
+    def run(self, stage: dict, context: StageContext, prior: Prior) -> StageOutcome:
+        params = check_convex_params(self.model_params(stage))
+        inputs, levels = context.inputs, stage_levels(stage, context.inputs.fixed)
+        grid = inputs.fixed.grid
+        record = new_record(stage, context, levels)
+        t0 = time.perf_counter()
+        callback = add_progress(context.progress, f"{context.index}:convex discrete search", 1)
+        with torch.no_grad():
+            field, discrete = discrete_displacement(inputs, prior.transform, params)
+        before, after = discrete["mind_before"], discrete["mind_after"]
+        callback(1, after)
+        discrete.update(seconds=time.perf_counter() - t0, kept=after < before)
+        if not after < before:
+            field = torch.zeros_like(field)  # the search made it worse: start the instance optimisation at identity
+        record.details.update(discrete=discrete, model_params=params)
+        record.initial_objective, record.final_objective = before, min(after, before)
+        record.trace, record.seconds = [[before, after]], [discrete["seconds"]]
+        stage_t: Transform = DisplacementFieldTransform(field, grid)
+        if params["instance"] and levels:
+            smoothing = params["smoothing_mm"]
+            smoothing = float(np.min(grid.spacing)) if smoothing is None else float(smoothing)
+            model = DenseModel(prior.transform, grid, "displacement", False, smoothing, float(params["field_shrink"]))
+            model.grid, model.param = grid, field.clone()
+            search = (record.trace, record.seconds, record.initial_objective, record.final_objective)
+            optimise(model, stage, context, levels, inputs, record=record)
+            record.details["instance"] = {"initial_objective": record.initial_objective,
+                                          "final_objective": record.final_objective, "diverged": record.diverged}
+            record.trace, record.seconds = search[0] + record.trace, search[1] + record.seconds
+            record.initial_objective, record.diverged = search[2], False
+            if record.details["instance"]["diverged"]:
+                record.final_objective = search[3]
+            else:
+                stage_t = model.stage_transform()  # final objective: the stage's similarity (+ label/landmark terms)
+        instance_failed = not params["instance"] or record.details.get("instance", {}).get("diverged", True)
+        record.diverged = (not discrete["kept"] and instance_failed) or math.isnan(record.final_objective)
+        if record.diverged:  # neither step improved on the previous transform
+            return StageOutcome(prior.transform, prior.inverse, record)
+        return StageOutcome(*compose(prior, stage_t, None), record, stage_transform=stage_t)

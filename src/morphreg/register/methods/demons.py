@@ -47,7 +47,18 @@ from morphreg.metrics.mind import mind_ssc
 from morphreg.optim.models import resample_field
 from morphreg.optim.multires import level_data, pyramid
 from morphreg.optim.progress import add_progress
-from morphreg.register.solvers import SolverOutcome, level_grid_points, overlap_mask, prior_points
+from morphreg.register.methods.base import (
+    Method,
+    Prior,
+    StageContext,
+    StageOutcome,
+    compose,
+    level_grid_points,
+    new_record,
+    overlap_mask,
+    prior_points,
+    stage_levels,
+)
 from morphreg.transforms import DisplacementFieldTransform, StationaryVelocityFieldTransform, Transform
 from morphreg.transforms.dense import sample_field, scaling_and_squaring
 from morphreg.image.sampling import sample_points
@@ -144,7 +155,8 @@ def lncc_force(fixed: torch.Tensor, warped: torch.Tensor, grid: Grid, force: str
     # skull-stripped brain) give a few huge, meaningless forces; clip those to the step.
     norm = du.norm(dim=1, keepdim=True)
     flat = norm.flatten()
-    top = flat[torch.randint(0, flat.numel(), (min(flat.numel(), 200_000),), generator=torch.Generator().manual_seed(0))]
+    top = flat[torch.randint(0, flat.numel(), (min(flat.numel(), 200_000),), generator=torch.Generator().manual_seed(0),
+                             device="cpu").to(flat.device)]
     size = torch.quantile(top, 0.99).clamp_min(1e-12)
     du = du * (0.5 * max_step_mm / torch.maximum(norm, size))
     cc2 = torch.where(ok, cov * cov / denom.clamp_min(1e-30), torch.zeros_like(denom))
@@ -216,11 +228,8 @@ class DemonsLevel:
         return _smooth(f, float(self.p["diffusion_sigma_vox"]))
 
 
-def demons_params(stage: dict, modality: str) -> dict:
-    params = {**DEFAULTS, **(stage.get("model_params") or {})}
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise MorphregError(f"unknown demons parameter(s) {sorted(unknown)} (known: {', '.join(DEFAULTS)})")
+def check_demons_params(params: dict, modality: str) -> dict:
+    """Checked values (``params``: model_params over DEFAULTS); "auto" features resolved for ``modality``."""
     if params["variant"] not in VARIANTS:
         raise MorphregError(f"unknown demons variant {params['variant']!r} (choose from {', '.join(VARIANTS)})")
     if params["force"] not in FORCES:
@@ -234,10 +243,9 @@ def demons_params(stage: dict, modality: str) -> dict:
     return params
 
 
-def run_demons_stage(stage: dict, inputs, prior: Transform | None, levels, modality: str, progress=None,
-                     name: str = "demons") -> SolverOutcome:
-    """Run demons over ``levels`` (see the module docstring); the field lives on each level's fixed grid."""
-    params = demons_params(stage, modality)
+def run_demons(params: dict, inputs, prior: Transform | None, levels, progress=None, name: str = "demons"):
+    """Run demons over ``levels`` (see the module docstring); the field lives on each level's fixed grid.
+    Returns (stage transform, its inverse or None, record entries)."""
     fixed_pyr, moving_pyr = pyramid(inputs.fixed, levels), pyramid(inputs.moving, levels)
 
     finest_field = inputs.fixed.grid.downsample(float(params["field_shrink"])) if float(params["field_shrink"]) > 1 else None
@@ -285,7 +293,30 @@ def run_demons_stage(stage: dict, inputs, prior: Transform | None, levels, modal
         inverse: Transform | None = StationaryVelocityFieldTransform(-f_final, finest.field_grid, int(params["steps"]))
     else:
         transform, inverse = DisplacementFieldTransform(f_final, finest.field_grid), None
-    record = {"similarity": f"demons ({params['features']} SSD)", "model_params": params, "trace": traces,
+    record = {"similarity": f"demons ({params['features']} SSD)", "trace": traces,
               "seconds": seconds, "initial_objective": initial, "final_objective": final,
               "diverged": not (final <= initial), "terms": {"similarity": final}}
-    return SolverOutcome(transform, inverse, record)
+    return transform, inverse, record
+
+
+class Demons(Method):
+    """``"model": "demons"``: the classical update rules (module docstring); intensities or MIND only."""
+
+    name = "demons"
+    params = DEFAULTS
+
+    def check(self, stage: dict) -> None:
+        check_demons_params(self.model_params(stage), "mono")
+
+    def run(self, stage: dict, context: StageContext, prior: Prior) -> StageOutcome:
+        params = check_demons_params(self.model_params(stage), context.modality)
+        levels = stage_levels(stage, context.inputs.fixed)
+        stage_t, stage_inv, entries = run_demons(params, context.inputs, prior.transform, levels, context.progress,
+                                                 f"{context.index}:demons")
+        record = new_record(stage, context, levels)
+        for key in ("similarity", "trace", "seconds", "initial_objective", "final_objective", "diverged", "terms"):
+            setattr(record, key, entries[key])
+        record.details["model_params"] = params
+        if record.diverged:
+            return StageOutcome(prior.transform, prior.inverse, record)
+        return StageOutcome(*compose(prior, stage_t, stage_inv), record, stage_transform=stage_t)
