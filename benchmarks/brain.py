@@ -2,6 +2,7 @@
 subject_a <-> subject_b (both directions), evaluated with the same independent code.
 
     python benchmarks/brain.py [--tools morphreg,morphreg:accurate,ants,elastix,dipy] [--threads 2] [--preset P]
+                               [--device cuda]
 
 ``morphreg:P`` runs the CLI with ``--preset P`` (several presets side by side in one run).
 """
@@ -22,6 +23,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--preset", default=None, help="morphreg preset (default: the CLI's default)")
     ap.add_argument("--directions", default="b->a,a->b", help="moving->fixed pairs")
+    ap.add_argument("--device", default="cpu", help="morphreg's device (cpu or cuda; the peers run on the CPU)")
     ap.add_argument("--json", type=Path, default=None, help="write all figures here")
     args = ap.parse_args()
     set_threads(args.threads)
@@ -44,7 +46,7 @@ def main() -> None:
         for tool in tools:
             if tool.split(":")[0] == "morphreg":
                 preset = tool.split(":")[1] if ":" in tool else args.preset
-                extra = ["--preset", preset] if preset else []
+                extra = (["--preset", preset] if preset else []) + ["--device", args.device]
                 t, seconds, summary = run_morphreg_cli(fixed_path, moving_path, extra, args.threads)
                 corr, info = float("nan"), summary.get("timings", {})
             else:

@@ -187,7 +187,9 @@ def test_det_j_of_affine_and_identity():
     st = jacobian_stats(dj)
     assert st["folding_percent"] == 0 and st["sdlogj"] == pytest.approx(0, abs=1e-7)
     ident = jacobian_stats(jacobian_determinant(TranslationTransform(3, translation=[1.0, 2.0, 3.0]), grid))
-    assert ident["sdlogj"] == 0.0 and ident["min"] == ident["max"] == 1.0
+    # float64 round-off only (det J = det(dT/di) * det(di/dx) on this oblique grid)
+    assert ident["sdlogj"] == pytest.approx(0, abs=1e-12) and ident["min"] == pytest.approx(1, abs=1e-12)
+    assert ident["max"] == pytest.approx(1, abs=1e-12)
 
 
 def test_det_j_of_known_folding_field():

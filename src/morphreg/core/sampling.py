@@ -52,6 +52,8 @@ def sample(
     if interpolation not in INTERPOLATIONS:
         raise MorphregError(f"unknown interpolation {interpolation!r} (choose from {', '.join(INTERPOLATIONS)})")
     dim = grid.dim
+    if points.device != data.device:  # sample where the data lives (e.g. a CUDA transform warping a CPU image)
+        points = points.to(data.device)
     n_batch = max(data.shape[0], points.shape[0])
     out_shape = points.shape[1:-1]
     pts = points.reshape(points.shape[0], -1, dim)

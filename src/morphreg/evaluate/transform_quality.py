@@ -12,6 +12,7 @@ import torch
 from morphreg.errors import MorphregError
 from morphreg.image.grid import Grid
 from morphreg.image.image import Image
+from morphreg.core.differences import mapping_jacobian_determinant
 from morphreg.transforms.base import Transform
 from morphreg.evaluate.labels import to_reference
 
@@ -30,10 +31,13 @@ def mask_array(mask: Image | np.ndarray | None, grid: Grid, notes: list[str] | N
     return mask
 
 
-def jacobian_determinant(transform: Transform, grid: Grid) -> np.ndarray:
-    """det(dT/dx) on ``grid`` as a float64 array of shape ``grid.shape``."""
+def jacobian_determinant(transform: Transform, grid: Grid, mapped: torch.Tensor | None = None) -> np.ndarray:
+    """det(dT/dx) on ``grid`` as a float64 array of shape ``grid.shape`` (``mapped``: T's points of
+    ``grid`` when already computed, (1, *grid.shape, dim) mm)."""
     with torch.no_grad():
-        return transform.jacobian_determinant(grid, dtype=torch.float64)[0].cpu().numpy()
+        if mapped is None:
+            return transform.jacobian_determinant(grid, dtype=torch.float64)[0].cpu().numpy()
+        return mapping_jacobian_determinant(torch.movedim(mapped.double(), -1, 1), grid)[0].cpu().numpy()
 
 
 def jacobian_stats(det_j: np.ndarray, mask: np.ndarray | None = None) -> dict:
@@ -66,10 +70,13 @@ def _norm_summary(values: np.ndarray, unit: str = "_mm") -> dict:
             f"p95{unit}": float(np.percentile(v, 95)), f"max{unit}": float(v.max())}
 
 
-def displacement_magnitude(transform: Transform, grid: Grid) -> np.ndarray:
-    """|T(x) - x| in mm on ``grid`` (shape ``grid.shape``)."""
+def displacement_magnitude(transform: Transform, grid: Grid, mapped: torch.Tensor | None = None) -> np.ndarray:
+    """|T(x) - x| in mm on ``grid`` (shape ``grid.shape``; ``mapped`` as in :func:`jacobian_determinant`)."""
     with torch.no_grad():
-        u = transform.displacement(grid, dtype=torch.float64)[0]
+        if mapped is None:
+            u = transform.displacement(grid, dtype=torch.float64)[0]
+        else:
+            u = torch.movedim(mapped[0].double() - grid.points(dtype=torch.float64, device=mapped.device), -1, 0)
     return torch.linalg.vector_norm(u, dim=0).cpu().numpy()
 
 

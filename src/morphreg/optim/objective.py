@@ -149,9 +149,11 @@ class SameGridObjective:
             moved = pts + torch.movedim(upsample_field(u, model.grid, g), 1, -1)
         else:
             moved = pts + torch.movedim(sample(u, model.grid, pts, "linear", fill_value=None), 1, -1)
-        warped = sample(m, g, moved[:1], "linear", fill_value=None)
+        # unbind, not slicing: a slice's backward fills a zero tensor of the whole batch per half
+        halves = [h.unsqueeze(0) for h in moved.unbind(0)]
+        warped = sample(m, g, halves[0], "linear", fill_value=None)
         if model.symmetric:
-            ref = sample(f, g, moved[1:], "linear", fill_value=None)
+            ref = sample(f, g, halves[1], "linear", fill_value=None)
         else:
             ref = f if self.sampler is None else sample(f, g, pts, "linear", fill_value=None)
         w = self.mask

@@ -138,8 +138,27 @@ def _keep_best(view: _Scaled, best_z: torch.Tensor) -> None:
     view.push()
 
 
+class _AdamStep:
+    """torch's Adam update in its functional form (``torch.optim.adam.adam``, the same arithmetic as
+    ``torch.optim.Adam.step``): the Optimizer class imports torch._dynamo on first use, 1.4 s of every
+    command-line call."""
+
+    def __init__(self, param: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
+        self.exp_avg, self.exp_avg_sq = torch.zeros_like(param), torch.zeros_like(param)
+        self.steps = torch.tensor(0.0)
+
+    def step(self) -> None:
+        from torch.optim.adam import adam
+
+        with torch.no_grad():
+            adam([self.param], [self.param.grad], [self.exp_avg], [self.exp_avg_sq], [], [self.steps], foreach=False,
+                 amsgrad=False, beta1=self.betas[0], beta2=self.betas[1], lr=self.lr, weight_decay=0.0, eps=self.eps,
+                 maximize=False)
+
+
 def _adam(view, fn, iterations, config, callback, stochastic: bool = False) -> list[float]:
-    opt = torch.optim.Adam([view.z], lr=config.lr, betas=config.extra.get("betas", (0.9, 0.999)))
+    opt = _AdamStep(view.z, config.lr, tuple(config.extra.get("betas", (0.9, 0.999))))
     stop = RelativeStop(config.tolerance, config.patience)
     trace: list[float] = []
     best, best_z = math.inf, view.z.detach().clone()
@@ -153,8 +172,7 @@ def _adam(view, fn, iterations, config, callback, stochastic: bool = False) -> l
                 best, best_z = value, view.z.detach().clone()
             if stop(value):
                 break
-        for group in opt.param_groups:
-            group["lr"] = config.lr * ratio ** (i / max(1, iterations - 1))
+        opt.lr = config.lr * ratio ** (i / max(1, iterations - 1))
         opt.step()
     if stochastic:
         view.push()  # the last iterate

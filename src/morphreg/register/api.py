@@ -226,16 +226,20 @@ class _Run:
         for prm in transform.parameters():
             prm.requires_grad_(False)
         t_warp = time.perf_counter()
-        with torch.no_grad():
-            warped = warp(moving, transform, fixed.grid, "linear")
-            quality = assess(transform, inverse, fixed.grid, self.inputs.fixed_mask)
+        with torch.no_grad():  # T's points of the fixed grid, once: the warp, the checks and the saved field
+            mapped = transform.map_grid(fixed.grid, dtype=torch.float64, device=moving.data.device)
+            warped = warp(moving, transform, fixed.grid, "linear", mapped=mapped)
+            quality = assess(transform, inverse, fixed.grid, self.inputs.fixed_mask, mapped)
+            displacement = torch.movedim(mapped - fixed.grid.points(dtype=torch.float64, device=mapped.device), -1, 1)
+            del mapped
         warnings = merge_warnings(stage_warnings(records), quality_warnings(quality, float(np.max(fixed.grid.spacing))))
         times = {"io_s": self.t_io, "stages_s": [sum(r.seconds or [0.0]) for r in records],
                  "warp_s": time.perf_counter() - t_warp, "total_s": time.perf_counter() - self.t_start}
         final = next((r.final_objective for r in reversed(records) if not r.diverged and r.final_objective is not None), None)
         return Result(transform=transform, inverse=inverse, warped=warped, fixed=fixed, moving=moving, stages=records,
                       timings=times, preset=self.preset_name, modality=self.modality, final_metric=final,
-                      fixed_path=self.fixed_path, moving_path=self.moving_path, quality=quality, warnings=warnings)
+                      fixed_path=self.fixed_path, moving_path=self.moving_path, quality=quality, warnings=warnings,
+                      displacement=displacement)
 
 
 def _inverse_of(transform: Transform | None, grid) -> Transform | None:

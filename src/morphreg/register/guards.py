@@ -13,7 +13,7 @@ def guard_loss(inputs: StageInputs, transform: Transform | None, name: str, sigm
     """An image similarity (loss, lower = better) of the moving image mapped by ``transform`` onto the
     fixed grid, both smoothed by ``sigma_mm``, over the fixed mask and the moving image's support."""
     from morphreg.image.filters import gaussian_filter, sigma_mm_to_vox
-    from morphreg.metrics import SIMILARITY_LOSSES
+    from morphreg.metrics import similarity_term
 
     fixed, moving = inputs.fixed, inputs.moving
     fs = gaussian_filter(fixed.batch().float(), sigma_mm_to_vox(sigma_mm, fixed.grid))
@@ -25,8 +25,7 @@ def guard_loss(inputs: StageInputs, transform: Transform | None, name: str, sigm
         inside = inside * (inputs.fixed_mask.batch() > 0.5).float()
     if float(inside.sum()) < 10:
         return float("inf")
-    params = {"grid": fixed.grid} if name == "ngf" else {}
-    return float(SIMILARITY_LOSSES[name](fs, warped, inside, **params))
+    return float(similarity_term(name, fs, warped, inside, fixed.grid))
 
 
 def check_stage(guard: dict, inputs: StageInputs, before: Transform | None, after: Transform,

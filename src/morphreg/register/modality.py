@@ -49,7 +49,8 @@ def modality_evidence(fixed: Image, moving: Image) -> dict:
 
     def curve(img: Image) -> torch.Tensor:
         v = img.data[0].detach().reshape(-1).double()
-        v = v[torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0), device="cpu")[:200000].to(v.device)]
+        if v.numel() > 200_000:  # a random subset (randint: a permutation of 7e6 voxels took 0.25 s)
+            v = v[torch.randint(v.numel(), (200_000,), generator=torch.Generator().manual_seed(0), device="cpu").to(v.device)]
         lo, hi = torch.quantile(v, 0.01), torch.quantile(v, 0.99)
         return (torch.quantile(v, q) - lo) / (hi - lo).clamp_min(1e-12)
 

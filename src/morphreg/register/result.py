@@ -17,6 +17,7 @@ from morphreg.image.grid import Grid
 from morphreg.image.image import Image
 from morphreg.image.io import write_image
 from morphreg.transforms import Transform
+from morphreg.transforms.io import save_displacement_field
 
 
 def folding_percent(transform: Transform, grid: Grid, mask: Image | None = None) -> float:
@@ -24,7 +25,7 @@ def folding_percent(transform: Transform, grid: Grid, mask: Image | None = None)
     return _jacobian(transform, grid, mask)["folding_percent"]
 
 
-def _jacobian(transform: Transform, grid: Grid, mask: Image | None) -> dict:
+def _jacobian(transform: Transform, grid: Grid, mask: Image | None, mapped: torch.Tensor | None = None) -> dict:
     """det J statistics on ``grid`` inside ``mask`` (a linear transform's det J is one number)."""
     from morphreg.evaluate import jacobian_determinant, jacobian_stats
 
@@ -32,19 +33,21 @@ def _jacobian(transform: Transform, grid: Grid, mask: Image | None) -> dict:
     if transform.linear:
         det_j = np.full(grid.shape, float(torch.linalg.det(transform.matrix().detach().double())))
     else:
-        det_j = jacobian_determinant(transform, grid)
+        det_j = jacobian_determinant(transform, grid, mapped)
     return jacobian_stats(det_j, inside)
 
 
-def assess(transform: Transform, inverse: Transform | None, grid: Grid, mask: Image | None = None) -> dict:
+def assess(transform: Transform, inverse: Transform | None, grid: Grid, mask: Image | None = None,
+           mapped: torch.Tensor | None = None) -> dict:
     """What the result's warnings are decided from (:mod:`morphreg.evaluate.warnings`): det J
-    statistics on ``grid`` (inside ``mask``), and on a grid of half the resolution (enough for these
-    checks, a quarter of the points) the displacement size and the inverse consistency."""
+    statistics on ``grid`` (inside ``mask``), the largest displacement (on ``grid`` when ``mapped``,
+    T's points of ``grid``, is given, else on a grid of half the resolution) and the inverse
+    consistency on that half-resolution grid (enough for these checks, a quarter of the points)."""
     from morphreg.evaluate import displacement_magnitude, inverse_consistency
 
     coarse = grid.downsample(2)
-    quality = {"jacobian": _jacobian(transform, grid, mask),
-               "displacement": {"max_mm": float(displacement_magnitude(transform, coarse).max())}}
+    largest = displacement_magnitude(transform, coarse) if mapped is None else displacement_magnitude(transform, grid, mapped)
+    quality = {"jacobian": _jacobian(transform, grid, mask, mapped), "displacement": {"max_mm": float(largest.max())}}
     if inverse is not None:
         quality["inverse_consistency"] = inverse_consistency(transform, inverse, coarse)
     return quality
@@ -104,6 +107,7 @@ class Result:
     quality: dict = field(default_factory=dict)
     warnings: list[dict] = field(default_factory=list)
     inputs: dict = field(default_factory=dict)
+    displacement: torch.Tensor | None = None  # (1, dim, *fixed.shape) float64 mm, T(x) - x, when already computed
 
     @property
     def folding_percent(self) -> float:
@@ -147,6 +151,12 @@ class Result:
             self.write(tmp)
         return out_dir
 
+    def _save_displacement(self, path: Path) -> None:
+        if self.displacement is None:
+            self.transform.save(path, grid=self.fixed.grid)
+        else:  # computed once by register() for the warp and the checks
+            save_displacement_field(self.displacement, self.fixed.grid, path)
+
     def write(self, folder: Path, image_suffix: str = ".nii.gz") -> None:
         """Write warped<suffix>, transform.h5 (ITK composite), displacement<suffix> (fixed grid, mm),
         inverse_displacement<suffix> (moving grid; when there is an inverse) and summary.json (which
@@ -156,7 +166,7 @@ class Result:
                    "displacement": f"displacement{image_suffix}"}
         jobs = [lambda: write_image(self.warped, folder / outputs["warped"]),
                 lambda: self.transform.save(folder / outputs["transform"], grid=self.fixed.grid),
-                lambda: self.transform.save(folder / outputs["displacement"], grid=self.fixed.grid)]
+                lambda: self._save_displacement(folder / outputs["displacement"])]
         if self.inverse is not None:
             outputs["inverse_displacement"] = f"inverse_displacement{image_suffix}"
             jobs.append(lambda: self.inverse.save(folder / outputs["inverse_displacement"], grid=self.moving.grid))

@@ -10,7 +10,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from morphreg.core.differences import world_gradient
+from morphreg.core.differences import mapping_jacobian_determinant, world_gradient
 from morphreg.image.grid import Grid
 
 TRANSFORM_TYPES: dict[str, type["Transform"]] = {}
@@ -54,7 +54,8 @@ class Transform(nn.Module):
 
     def jacobian_determinant(self, grid: Grid, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
         """det(dT/dx) on ``grid``: (N, *grid.shape). <= 0 means folding."""
-        return torch.linalg.det(self.jacobian(grid, dtype, device).to(torch.float64)).to(dtype)
+        mapped = self.map_grid(grid, dtype, device).to(torch.float64)
+        return mapping_jacobian_determinant(torch.movedim(mapped, -1, 1), grid).to(dtype)
 
     # ----- algebra ----------------------------------------------------------------------------------
     def compose(self, other: "Transform") -> "Transform":
@@ -122,3 +123,4 @@ def grid_to_dict(grid: Grid | None) -> dict | None:
 
 def grid_from_dict(d: dict | None) -> Grid | None:
     return None if d is None else Grid.from_dict(d)
+

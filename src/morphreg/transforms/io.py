@@ -49,11 +49,21 @@ def save_transform(t: Transform, path, grid: Grid | None = None) -> Path:
         grid = grid or t.domain()
         if grid is None:
             raise MorphregError("a displacement-field file needs a reference grid for this transform", path)
-        field = t.displacement(grid, dtype=torch.float64).detach()[0]
-        write_image(Image(field.float(), grid), path, compress=False)  # float fields barely deflate
+        save_displacement_field(t.displacement(grid, dtype=torch.float64).detach(), grid, path)
     else:
         raise MorphregError(f"unknown transform file type {suffix!r} (use .pt, {', '.join(ITK_SUFFIXES)} or a displacement image)", path)
     return path
+
+
+def save_displacement_field(field: torch.Tensor, grid: Grid, path) -> Path:
+    """Write a displacement field (1 | -, dim, *grid.shape) world mm (LPS) as an ITK vector image, float32
+    (computed in float64 by the callers; see :func:`save_transform`), uncompressed (float fields barely deflate)."""
+    from morphreg.image.image import Image
+    from morphreg.image.io import write_image
+
+    field = field[0] if field.dim() == grid.dim + 2 else field
+    write_image(Image(field.detach().float(), grid), path, compress=False)
+    return Path(path)
 
 
 @contextlib.contextmanager
