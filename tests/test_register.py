@@ -350,7 +350,7 @@ def test_unknown_preset_and_parameter():
 
 
 def test_level_sigmas_in_mm_voxels_or_default():
-    from morphreg.register.api import resolve_levels
+    from morphreg.register.methods.base import resolve_levels
 
     img = Image(torch.zeros(1, 8, 8), Grid([8, 8], spacing=[2.0, 3.0]))
     levels = resolve_levels([[4, None, 5], [2, "1.5vox", 6], [1, 0.7, 7], [1, None, 8]], img)

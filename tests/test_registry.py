@@ -201,3 +201,80 @@ def test_loss_terms_are_named_weighted_and_batched():
     field.requires_grad_(True)
     total(loss_terms(loss, field=field, field_grid=grid, penalties=[PenaltyTerm("diffusion", 2.0)])).backward()
     assert field.grad is not None and float(field.grad.abs().sum()) > 0
+
+
+def test_the_same_penalty_twice_adds_up():
+    grid = Grid([10, 10], [0.0, 0.0], 1.0)
+    field = torch.rand(1, 2, 10, 10, generator=torch.Generator().manual_seed(5))
+    one = loss_terms(StageLoss(None), field=field, field_grid=grid, penalties=[PenaltyTerm("bending", 1.0)])
+    mask = torch.ones(1, 1, 10, 10)
+    two = loss_terms(StageLoss(None), field=field, field_grid=grid,
+                     penalties=[PenaltyTerm("bending", 1.0), PenaltyTerm("bending", 2.0, mask=mask)])
+    assert float(two["bending"]) == pytest.approx(3 * float(one["bending"]))
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"model": "rigid", "similarity": "nccc"}, "unknown similarity 'nccc'"),
+    ({"model": "svf", "penalties": [{"name": "bend"}]}, "unknown penalty 'bend'"),
+    ({"model": "affine", "optimizer": {"nmae": "adam"}}, "unexpected keyword argument 'nmae'"),
+    ({"model": "svf", "model_params": {"patches": [2, 8]}}, 'need "solver": "fast"'),
+    ({"model": "svf", "model_params": {"solver": "fast", "patches": [2, 8]}, "optimizer": {"name": "lbfgs"}},
+     "needs the adam or asgd optimiser"),
+])
+def test_stage_terms_are_checked_before_the_run(pair, stage, message):
+    with pytest.raises(MorphregError, match=message):
+        register(pair.fixed, pair.moving, [stage])
+
+
+def test_the_same_grid_loop_refuses_what_it_does_not_evaluate(pair):
+    from morphreg.optim.multires import Level, LoopOptions, StageInputs, run_stage
+
+    model = DenseModel(None, pair.fixed.grid, "svf")
+    inputs = StageInputs(pair.fixed, pair.moving, moving_mask=pair.moving.with_data(torch.ones_like(pair.moving.data)))
+    with pytest.raises(MorphregError, match="does not cover its moving mask"):
+        run_stage(model, inputs, [Level(1, 0, 2)], StageLoss("mse"), OptimizerConfig(), LoopOptions(same_grid=True))
+
+
+def test_fast_stage_says_which_evaluation_ran(pair):
+    stage = {"model": "svf", "model_params": {"solver": "fast"}, "levels": [[2, None, 3]]}
+    assert register(pair.fixed, pair.moving, [stage]).stages[0]["evaluation"] == "same-grid"
+    r = register(pair.fixed, pair.moving, [stage], fixed_labels=pair.fixed_labels, moving_labels=pair.moving_labels)
+    assert r.stages[0]["evaluation"] == "general (label term)"
+
+
+def test_records_compare_as_mappings_and_details_cannot_hide_fields(pair):
+    rec = register(pair.fixed, pair.moving, [{"model": "rigid", "levels": [[2, None, 3]]}]).stages[0]
+    assert rec == rec.to_dict() and dict(rec) == rec.to_dict()
+    rec.details["diverged"] = True
+    with pytest.raises(ValueError, match="diverged"):
+        rec.to_dict()
+
+
+def test_a_frozen_svf_caches_its_exponential_until_the_velocity_changes():
+    from morphreg.transforms import StationaryVelocityFieldTransform
+
+    grid = Grid([12, 10], [0.0, 0.0], 1.0)
+    v = torch.randn(1, 2, 10, 12, generator=torch.Generator().manual_seed(1))
+    t = StationaryVelocityFieldTransform(v.clone(), grid)  # (the parameter would share v's storage)
+    assert t.field() is not t.field()  # not frozen: computed each time
+    t.freeze()
+    first = t.field()
+    assert t.field() is first
+    with torch.no_grad():
+        t.velocity.mul_(2)  # in place: a new version
+    assert t.field() is not first and torch.allclose(t.field(), StationaryVelocityFieldTransform(2 * v, grid).field())
+    d = t.as_displacement()
+    with torch.no_grad():
+        d.field.add_(1.0)
+    assert torch.allclose(t.field(), StationaryVelocityFieldTransform(2 * v, grid).field())  # the cache is not shared
+
+
+def test_a_result_writes_the_field_of_its_current_transform(pair, tmp_path):
+    from morphreg.image.io import read_image
+
+    r = register(pair.fixed, pair.moving, "affine", levels=[[2, None, 3]])
+    assert r.displacement is not None and r.displacement.dtype == torch.float32
+    r.transform = TranslationTransform(2, translation=[3.0, 0.0])
+    r.save(tmp_path / "out")
+    field = read_image(tmp_path / "out" / "displacement.nii.gz", dtype=torch.float64)
+    assert torch.allclose(field.data[0], torch.full_like(field.data[0], 3.0), atol=1e-5)

@@ -25,7 +25,7 @@ def register_cmd(
                                     "'multicontrast' (MI, MIND, checked stages) for two contrasts of the same anatomy, "
                                     "'multimodal' (cautious rigid) for images that do not overlay, e.g. ultrasound vs "
                                     "MR; 'labels' when label maps are given) | accurate (default plus a stochastic "
-                                    "full-resolution level, about twice the time). 'morphreg presets list' shows them."),
+                                    "full-resolution level; brain T1: about 2.5x default's time). 'morphreg presets list' shows them."),
     metric: str = typer.Option(None, "--metric", "-m", help="Similarity for every stage: mse ncc lncc ngf mi nmi mind."),
     fixed_mask: Path = typer.Option(None, "--fixed-mask", help="Mask of the fixed image (non-zero = used)."),
     moving_mask: Path = typer.Option(None, "--moving-mask", help="Mask of the moving image."),

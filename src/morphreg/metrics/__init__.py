@@ -1,7 +1,8 @@
 """Similarity metrics (plain differentiable functions, 2D/3D, masks/weights everywhere).
 
-Value functions return the natural value (NCC in [-1, 1], MI in nats, ...); ``SIMILARITY_LOSSES``
-maps names to losses (lower is better) with the signature ``loss(fixed, warped, mask=None, **params)``.
+Value functions return the natural value (NCC in [-1, 1], MI in nats, ...); ``SIMILARITIES`` is the
+registry of losses (lower is better) with the signature ``loss(fixed, warped, mask=None, **params)`` and
+whether each needs the grid (``add_similarity`` adds one; ``SIMILARITY_LOSSES`` is a name -> loss view).
 """
 from morphreg.metrics.intensity import local_ncc, mse, ncc
 from morphreg.metrics.losses import (
@@ -9,6 +10,7 @@ from morphreg.metrics.losses import (
     SIMILARITY_LOSSES,
     SimilarityEntry,
     SimilarityLoss,
+    add_similarity,
     similarity_entry,
     similarity_loss,
     similarity_term,
@@ -23,6 +25,6 @@ from morphreg.metrics.sampling import gather_voxels, index_points, sample_indice
 __all__ = [
     "mse", "ncc", "local_ncc", "ngf", "joint_histogram", "mutual_information", "normalized_mutual_information",
     "mind_ssc", "mind_loss", "sample_indices", "gather_voxels", "index_points",
-    "SIMILARITIES", "SIMILARITY_LOSSES", "SimilarityEntry", "SimilarityLoss", "similarity_entry", "similarity_loss",
+    "SIMILARITIES", "SIMILARITY_LOSSES", "SimilarityEntry", "SimilarityLoss", "add_similarity", "similarity_entry", "similarity_loss",
     "similarity_term", "soft_dice", "soft_dice_loss", "landmark_loss",
 ]

@@ -5,7 +5,7 @@ Every loss is ``loss(fixed, warped, mask=None, **params) -> scalar tensor`` with
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -69,7 +69,30 @@ SIMILARITIES: dict[str, SimilarityEntry] = {
     "nmi": SimilarityEntry(nmi_loss),
     "mind": SimilarityEntry(mind_loss),
 }
-SIMILARITY_LOSSES: dict[str, Callable[..., torch.Tensor]] = {name: e.loss for name, e in SIMILARITIES.items()}
+
+
+class _LossView(Mapping):
+    """``SIMILARITY_LOSSES``: name -> loss, a read-only view of :data:`SIMILARITIES` (one registry)."""
+
+    def __getitem__(self, name: str) -> Callable[..., torch.Tensor]:
+        return SIMILARITIES[name].loss
+
+    def __iter__(self):
+        return iter(SIMILARITIES)
+
+    def __len__(self) -> int:
+        return len(SIMILARITIES)
+
+
+SIMILARITY_LOSSES: Mapping[str, Callable[..., torch.Tensor]] = _LossView()
+
+
+def add_similarity(name: str, loss: Callable[..., torch.Tensor], needs_grid: bool = False, replace: bool = False) -> None:
+    """Register ``loss(fixed, warped, mask=None, **params) -> scalar`` (lower is better) as ``name``:
+    presets, ``--metric`` and network training can then use it."""
+    if name in SIMILARITIES and not replace:
+        raise MorphregError(f"a similarity named {name!r} is already registered")
+    SIMILARITIES[name] = SimilarityEntry(loss, needs_grid)
 
 
 def similarity_entry(name: str) -> SimilarityEntry:

@@ -31,9 +31,7 @@ from morphreg.transforms import (
 )
 from morphreg.transforms.linear import rotation_angles_from_matrix
 
-LINEAR_MODELS = ("translation", "rigid", "similarity", "affine")
-DENSE_MODELS = ("bspline", "svf", "displacement")
-MODELS = LINEAR_MODELS + DENSE_MODELS
+LINEAR_MODELS = ("translation", "rigid", "similarity", "affine")  # the kinds LinearModel optimises
 
 
 @dataclass

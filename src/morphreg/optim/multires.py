@@ -180,19 +180,24 @@ def run_stage(
     if not levels:
         raise MorphregError(f"stage {name!r} has no levels")
     options = options or LoopOptions()
+    if options.same_grid:
+        why = SameGridObjective.unsupported(loss, inputs.fixed_labels is not None, inputs.landmarks is not None,
+                                            inputs.moving_mask is not None)
+        if why:
+            raise MorphregError(f"stage {name!r}: the same-grid evaluation does not cover its {why}")
+    build = _Levels(model, inputs, levels, loss, options, seed)  # the pyramids with the caller's threads
     caller_threads = torch.get_num_threads()
     try:
         if options.same_grid:
             torch.set_num_threads(options.threads or 1)
-        return _run_levels(model, inputs, levels, loss, optimizer, options, seed, progress, name, check_divergence,
+        return _run_levels(build, model, levels, optimizer, options, seed, progress, name, check_divergence,
                            caller_threads)
     finally:
         torch.set_num_threads(caller_threads)
 
 
-def _run_levels(model, inputs, levels, loss, optimizer, options, seed, progress, name, check_divergence,
+def _run_levels(build, model, levels, optimizer, options, seed, progress, name, check_divergence,
                 caller_threads) -> LoopOutcome:
-    build = _Levels(model, inputs, levels, loss, options, seed)
     generator = torch.Generator().manual_seed(int(seed))
     finest = len(levels) - 1
     # The starting value at the finest level, before any level runs (data terms only: penalties of an

@@ -128,6 +128,25 @@ class SameGridObjective:
         probe_seed: seed of the fixed cubes :meth:`probe` compares on (4 draws).
     """
 
+    # Penalties measured with this evaluation (on the brain and the synthetic recovery tests); a stage
+    # with another one keeps the general evaluation, as before the loop was one.
+    PENALTIES = ("diffusion", "bending", "elastic")
+
+    @classmethod
+    def unsupported(cls, loss: StageLoss, labels: bool, landmarks: bool, moving_mask: bool) -> str | None:
+        """Why a stage needs the general evaluation (None: this one covers everything it minimises).
+        labels, landmarks, moving_mask: whether the stage has them."""
+        if labels and loss.label_weight:
+            return "label term"
+        if landmarks and loss.landmark_weight:
+            return "landmark term"
+        if moving_mask:
+            return "moving mask"
+        if loss.similarity is None or not loss.similarity_weight:
+            return "no image similarity"
+        odd = [p["name"] for p in loss.penalties if p.get("mask") is not None or p["name"] not in cls.PENALTIES]
+        return f"penalty {odd[0]!r} (masked, or not measured with the same-grid evaluation)" if odd else None
+
     def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, grid: Grid, loss: StageLoss,
                  penalties: list[PenaltyTerm] | None = None, mask: torch.Tensor | None = None,
                  sampler: PatchSampler | None = None, probe_seed: int = 0):

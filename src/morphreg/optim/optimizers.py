@@ -146,7 +146,7 @@ class _AdamStep:
     def __init__(self, param: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(param), torch.zeros_like(param)
-        self.steps = torch.tensor(0.0)
+        self.steps = torch.tensor(0.0, device="cpu")  # as torch.optim.Adam: no device sync per step
 
     def step(self) -> None:
         from torch.optim.adam import adam

@@ -78,8 +78,9 @@ def loss_terms(loss: StageLoss, *, fixed=None, warped=None, mask=None, grid: Gri
     if loss.landmark_weight and mapped_points is not None:
         terms["landmarks"] = loss.landmark_weight * landmark_loss(mapped_points, target_points, loss.landmark_scale_mm)
     if field is not None:
-        for pen in penalties:
-            terms[pen.name] = pen(field, field_grid)
+        for pen in penalties:  # the same penalty twice (e.g. everywhere and masked) adds up under its name
+            value = pen(field, field_grid)
+            terms[pen.name] = terms[pen.name] + value if pen.name in terms else value
     return terms
 
 

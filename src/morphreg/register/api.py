@@ -33,7 +33,7 @@ from morphreg.register.inputs import (
     select_label_channels,
 )
 from morphreg.register.methods import get_method, is_linear
-from morphreg.register.methods.base import Prior, StageContext, resolve_levels, stage_inputs
+from morphreg.register.methods.base import Prior, StageContext, stage_inputs
 from morphreg.register.modality import modality_evidence, same_outline
 from morphreg.register.presets import apply_overrides, get_preset
 from morphreg.register.result import Result, assess
@@ -71,8 +71,8 @@ def register(
         fixed, moving: Images or paths (2D or 3D, same dimension).
         preset: a name of ``morphreg.register.presets.PRESETS`` ("rigid", "affine", "bspline", "syn",
             "demons", "tps", "rigidity", "multimodal", "labels", "default" = affine then SyN for
-            mono-modal pairs, "accurate" = the same with a stochastic full-resolution level (about
-            twice the deformable time); for multimodal pairs both become "labels" when labels are
+            mono-modal pairs, "accurate" = the same with a stochastic full-resolution level (slower:
+            1.3x ANTs SyN's time on the brain pair, default 0.5-0.8x); for multimodal pairs both become "labels" when labels are
             given, else "multimodal")
             or a list of stage dicts.
         fixed_mask, moving_mask: where the similarity is evaluated (non-zero = inside).
@@ -223,14 +223,16 @@ class _Run:
         fixed, moving = self.inputs.fixed, self.inputs.moving
         if transform is None:
             raise MorphregError("the preset has no stage")
-        for prm in transform.parameters():
-            prm.requires_grad_(False)
+        transform.freeze()
+        if inverse is not None:
+            inverse.freeze()
         t_warp = time.perf_counter()
         with torch.no_grad():  # T's points of the fixed grid, once: the warp, the checks and the saved field
             mapped = transform.map_grid(fixed.grid, dtype=torch.float64, device=moving.data.device)
             warped = warp(moving, transform, fixed.grid, "linear", mapped=mapped)
             quality = assess(transform, inverse, fixed.grid, self.inputs.fixed_mask, mapped)
             displacement = torch.movedim(mapped - fixed.grid.points(dtype=torch.float64, device=mapped.device), -1, 1)
+            displacement = displacement.float().cpu()  # what the file stores: half the memory, off the GPU
             del mapped
         warnings = merge_warnings(stage_warnings(records), quality_warnings(quality, float(np.max(fixed.grid.spacing))))
         times = {"io_s": self.t_io, "stages_s": [sum(r.seconds or [0.0]) for r in records],

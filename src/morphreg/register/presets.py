@@ -6,7 +6,7 @@ A stage is a plain dict (every key can be overridden through ``register(..., **o
                       | demons | convex (solvers of their own: morphreg.register.methods.demons / .convex);
                       any name registered in morphreg.register.methods.METHODS
     model_params:     e.g. {"control_spacing_mm": 8} (bspline), {"symmetric": True, "smoothing_mm": 2}
-    similarity:       a name of morphreg.metrics.SIMILARITY_LOSSES, or {"mono": ..., "multi": ...}
+    similarity:       a name of morphreg.metrics.SIMILARITIES, or {"mono": ..., "multi": ...}
                       chosen from the modality pair ("auto" detection or the ``modality`` override)
     similarity_params: keyword arguments of the similarity, per name: {"lncc": {"window": 5}}
     penalties:        [{"name": "bending", "weight": 1.0, "params": {}, "mask": None | "rigidity"}]
@@ -74,12 +74,13 @@ FAST_SYN = {
     "optimizer": {"name": "adam", "lr": 2.0, "tolerance": 1e-4, "patience": 10, "extra": {"final_lr_ratio": 0.2}},
     "levels": [[4, "1vox", 40], [2, 0.0, 12]],
 }
-# "accurate": FAST_SYN plus a stochastic full-resolution level (8 random 32^3-voxel cubes in the fixed
+# "accurate": FAST_SYN with its own coarse levels (60 + 15 iterations, as measured in session 3; default
+# went to 40 + 12 in session 6) plus a stochastic full-resolution level (8 random 32^3-voxel cubes in the fixed
 # foreground per iteration, 160 iterations, the caller's threads), LNCC window 9 (ANTs' and dipy's
 # radius 4) and velocity smoothing 3 mm (2 mm left a few folded voxels once full-resolution detail drives
 # the field). Brain T1, whole CLI call beside ANTs SyN (benchmarks/RESULTS.md, session 3): Dice 0.645 /
-# 0.644 (b->a / a->b; default 0.623 / 0.626, ANTs 0.616 / 0.610) at 1.34x / 1.24x ANTs' time (default
-# 0.71x / 0.91x), no folded voxel. Whole-image full-resolution iterations reached 0.641 in 114 s for 30.
+# 0.644 (b->a / a->b; default then 0.623 / 0.626, ANTs 0.616 / 0.610) at 1.34x / 1.24x ANTs' time (default
+# then 0.71x / 0.91x; session 6: 0.54x / 0.79x), no folded voxel. Whole-image full-resolution iterations reached 0.641 in 114 s for 30.
 FAST_SYN_ACCURATE = {
     **FAST_SYN,
     "model_params": {**FAST_SYN["model_params"], "smoothing_mm": 3.0, "patches": [8, 32]},

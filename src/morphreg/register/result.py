@@ -1,6 +1,8 @@
 """What a registration returns, and how it is written to disk (atomically, as ITK files)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import json
 import math
 import os
@@ -96,7 +98,7 @@ class Result:
     warped: Image
     fixed: Image
     moving: Image
-    stages: list[dict] = field(default_factory=list)
+    stages: list[Mapping] = field(default_factory=list)  # StageRecords (read-only mappings)
     timings: dict = field(default_factory=dict)
     preset: str = "default"
     modality: str = "mono"
@@ -107,7 +109,7 @@ class Result:
     quality: dict = field(default_factory=dict)
     warnings: list[dict] = field(default_factory=list)
     inputs: dict = field(default_factory=dict)
-    displacement: torch.Tensor | None = None  # (1, dim, *fixed.shape) float64 mm, T(x) - x, when already computed
+    displacement: torch.Tensor | None = None  # (1, dim, *fixed.shape) float32 mm on the CPU: T(x) - x, as saved
 
     @property
     def folding_percent(self) -> float:
@@ -151,11 +153,14 @@ class Result:
             self.write(tmp)
         return out_dir
 
+    def __post_init__(self):
+        self._displacement_of = self.transform if self.displacement is not None else None
+
     def _save_displacement(self, path: Path) -> None:
-        if self.displacement is None:
+        if self.displacement is not None and self._displacement_of is self.transform:
+            save_displacement_field(self.displacement, self.fixed.grid, path)  # computed once by register()
+        else:  # no field given, or the transform was replaced since
             self.transform.save(path, grid=self.fixed.grid)
-        else:  # computed once by register() for the warp and the checks
-            save_displacement_field(self.displacement, self.fixed.grid, path)
 
     def write(self, folder: Path, image_suffix: str = ".nii.gz") -> None:
         """Write warped<suffix>, transform.h5 (ITK composite), displacement<suffix> (fixed grid, mm),

@@ -21,6 +21,7 @@ class Transform(nn.Module):
 
     dim: int
     linear: ClassVar[bool] = False
+    frozen: bool = False  # set by freeze(): no more optimisation, derived fields may be cached
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -56,6 +57,16 @@ class Transform(nn.Module):
         """det(dT/dx) on ``grid``: (N, *grid.shape). <= 0 means folding."""
         mapped = self.map_grid(grid, dtype, device).to(torch.float64)
         return mapping_jacobian_determinant(torch.movedim(mapped, -1, 1), grid).to(dtype)
+
+    def freeze(self) -> "Transform":
+        """No more optimisation: parameters stop requiring gradients and the transforms inside may
+        cache what they compute from them (an SVF its exponential). Returns self."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for m in self.modules():
+            if isinstance(m, Transform):
+                m.frozen = True
+        return self
 
     # ----- algebra ----------------------------------------------------------------------------------
     def compose(self, other: "Transform") -> "Transform":

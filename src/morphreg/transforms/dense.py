@@ -88,7 +88,7 @@ class StationaryVelocityFieldTransform(Transform):
         self.grid = grid
         self.steps = int(steps)
         self.velocity = nn.Parameter(velocity.float())
-        self._exp: tuple | None = None  # (velocity version, exp(v) - id) when no gradient is needed
+        self._exp: tuple | None = None  # (key, exp(v) - id) of a frozen transform
 
     def domain(self) -> Grid:
         return self.grid
@@ -96,19 +96,20 @@ class StationaryVelocityFieldTransform(Transform):
     def field(self) -> torch.Tensor:
         """Displacement of T on its own grid: (N, dim, *shape) world mm.
 
-        Without gradients the exponential is computed once and reused until the velocity changes
-        (a result is warped, checked and saved with a dozen evaluations; brain T1: ~1 s each)."""
+        A frozen transform (:meth:`Transform.freeze`, as ``register`` returns it) computes the
+        exponential once (a result is warped, checked and saved with a dozen evaluations; brain T1:
+        ~1 s each); it is recomputed if the velocity, its storage or ``steps`` change."""
         v = self.velocity
-        if torch.is_grad_enabled() and v.requires_grad:
+        if not self.frozen or v.requires_grad:
             return scaling_and_squaring(v, self.grid, self.steps)
-        key = (v._version, v.data_ptr(), v.device)
+        key = (v._version, v.data_ptr(), v.device, self.steps, id(self.grid))
         if self._exp is None or self._exp[0] != key:
             with torch.no_grad():
                 self._exp = (key, scaling_and_squaring(v.detach(), self.grid, self.steps))
         return self._exp[1]
 
     def as_displacement(self) -> DisplacementFieldTransform:
-        return DisplacementFieldTransform(self.field().detach(), self.grid)
+        return DisplacementFieldTransform(self.field().detach().clone(), self.grid)
 
     def points(self, x: torch.Tensor) -> torch.Tensor:
         return DisplacementFieldTransform(self.field(), self.grid, parameter=False).points(x)

@@ -45,7 +45,7 @@ class StageContext:
     """What a method needs besides its stage: the inputs and the run's settings.
 
     label_weight, landmark_weight: the run's defaults (a stage's own keys win); seed: this stage's;
-    progress: a rich Progress or None; name: shown on the progress bar.
+    index: the stage's position in the preset; progress: a rich Progress or None.
     """
 
     inputs: StageInputs
@@ -57,10 +57,12 @@ class StageContext:
     landmark_weight: float = 1.0
 
 
-@dataclass
+@dataclass(eq=False)
 class StageRecord(Mapping):
     """One stage in ``summary.json``: the stage as run and what happened. Read-only as a mapping
-    (``record["trace"]``, ``record.get("diverged")``), the same keys as the JSON."""
+    (``record["trace"]``, ``record.get("diverged")``, ``dict(record)``), the same keys as the JSON;
+    ``to_dict()`` gives a JSON-ready copy. Methods set the typed fields; ``details`` holds what only
+    one method reports (its keys may not be field names)."""
 
     index: int
     stage: dict
@@ -78,16 +80,22 @@ class StageRecord(Mapping):
     details: dict = field(default_factory=dict)  # method-specific entries (e.g. convex: "discrete")
 
     def to_dict(self) -> dict:
+        clash = set(self.details) & {f.name for f in dataclasses.fields(self)}
+        if clash:
+            raise ValueError(f"stage record details may not set the fields {sorted(clash)}")
         out = {"index": self.index, **copy.deepcopy(self.stage)}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name not in ("index", "stage", "details") and value is not None:
                 out[f.name] = value
-        out.update(self.details)
+        out.update(copy.deepcopy(self.details))
         return out
 
     def __getitem__(self, key: str):
         return self.to_dict()[key]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Mapping) and self.to_dict() == dict(other)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.to_dict())
@@ -128,14 +136,37 @@ class Method:
         return {**copy.deepcopy(self.params), **given}
 
     def check(self, stage: dict) -> None:
-        """Refuse a stage this method cannot run, before anything runs (default: its parameters)."""
+        """Refuse a stage this method cannot run, before anything runs: its parameters, and the names
+        of the similarity (for both modalities), penalties and optimiser the stage uses."""
         self.model_params(stage)
+        check_stage_terms(stage)
 
     def run(self, stage: dict, context: StageContext, prior: Prior) -> StageOutcome:
         raise NotImplementedError
 
 
 # ----- what the methods share -------------------------------------------------------------------------
+def check_stage_terms(stage: dict) -> None:
+    """Unknown similarity, penalty or optimiser names (or optimiser keys): one error before the run."""
+    from morphreg.metrics.losses import similarity_entry
+    from morphreg.regularizers.penalties import penalty_function
+
+    if "similarity" in stage:
+        for modality in ("mono", "multi"):
+            sim = stage["similarity"]
+            if isinstance(sim, dict) and modality not in sim:
+                raise MorphregError(f"similarity {sim!r}: give both 'mono' and 'multi', or one name")
+            similarity_entry(stage_similarity(stage, modality)[0])
+    for penalty in stage.get("penalties") or []:
+        if not isinstance(penalty, dict) or "name" not in penalty:
+            raise MorphregError(f"a penalty is a mapping with a 'name' (and 'weight', 'params', 'mask'), not {penalty!r}")
+        penalty_function(penalty["name"])
+    try:
+        OptimizerConfig(**(stage.get("optimizer") or {}))
+    except TypeError as exc:
+        raise MorphregError(f"optimizer: {exc}".replace("OptimizerConfig.__init__() ", "")) from None
+
+
 def resolve_levels(levels, fixed: Image) -> list[Level]:
     """[[shrink, sigma, iterations], ...] -> Levels. sigma: mm, "<k>vox" (k fixed voxels, the finest
     spacing) or None (= shrink / 2 fixed voxels)."""

@@ -9,15 +9,15 @@ along the shortest axis), is smoothed (``smoothing_mm``) and exponentiated there
 log-domain gradient (``exact_gradient`` False); Adam's step shrinks with the level's voxels; with
 ``patches`` = (count, size) full-resolution levels compare random cubes of the fixed foreground;
 the result exp(v) is integrated on the finer ``exp_shrink`` grid. A stage that needs more than the
-images (labels, landmarks, a moving mask, masked or Jacobian penalties, a similarity weight) runs the
-general evaluation instead, with the same model.
+images (labels, landmarks, a moving mask, masked or other penalties: ``SameGridObjective.unsupported``)
+runs the general evaluation instead, with the same model; summary.json says which ran ("evaluation").
 """
 from __future__ import annotations
 
 from morphreg.errors import MorphregError
 from morphreg.optim.models import DenseModel
-from morphreg.optim.multires import LoopOptions, StageInputs
-from morphreg.optim.terms import StageLoss
+from morphreg.optim.multires import LoopOptions
+from morphreg.optim.objective import SameGridObjective
 from morphreg.register.methods.base import (
     Method,
     Prior,
@@ -31,20 +31,12 @@ from morphreg.register.methods.base import (
 )
 
 SOLVERS = ("generic", "fast")
-SAME_GRID_PENALTIES = ("diffusion", "bending", "elastic")  # act on the velocity itself
+FAST_ONLY = ("exact_gradient", "patches", "cube_field_shrink", "threads")
 # Defaults that differ between the two solvers (the rest are in Dense.params).
 SOLVER_DEFAULTS = {
     "generic": {"smoothing_mm": 0.0, "field_shrink": 1.0},
     "fast": {"smoothing_mm": 2.0, "field_shrink": 4.0},
 }
-
-
-def same_grid_possible(loss: StageLoss, inputs: StageInputs) -> bool:
-    """Whether the fast same-grid evaluation covers everything the stage minimises."""
-    return ((inputs.fixed_labels is None or not loss.label_weight)
-            and (inputs.landmarks is None or not loss.landmark_weight)
-            and inputs.moving_mask is None and loss.similarity_weight == 1.0
-            and all(p.get("mask") is None and p["name"] in SAME_GRID_PENALTIES for p in loss.penalties))
 
 
 class Dense(Method):
@@ -62,17 +54,29 @@ class Dense(Method):
             raise MorphregError(f"unknown {self.name} solver {params['solver']!r} (choose from {', '.join(SOLVERS)})")
         if params["solver"] == "fast" and self.name != "svf":
             raise MorphregError("the fast solver is for svf stages")
+        given = [k for k in FAST_ONLY if params[k] is not None]
+        if params["solver"] == "generic" and given:
+            raise MorphregError(f"{self.name} parameter(s) {', '.join(given)} need \"solver\": \"fast\"")
         for key, value in SOLVER_DEFAULTS[params["solver"]].items():
             params[key] = value if params[key] is None else params[key]
         if params["symmetric"] is None:
             params["symmetric"] = self.name == "svf"
         return params
 
+    def check(self, stage: dict) -> None:
+        super().check(stage)
+        optimizer = (stage.get("optimizer") or {}).get("name", "adam")
+        if self.model_params(stage)["patches"] and optimizer not in ("adam", "asgd"):
+            raise MorphregError(f"{self.name} with patches (stochastic cubes) needs the adam or asgd optimiser, "
+                                f"not {optimizer!r}")
+
     def run(self, stage: dict, context: StageContext, prior: Prior) -> StageOutcome:
         params = self.model_params(stage)
         inputs = stage_inputs(context.inputs, stage)
         levels = stage_levels(stage, inputs.fixed)
-        fast = params["solver"] == "fast" and same_grid_possible(stage_loss(stage, context), inputs)
+        why = SameGridObjective.unsupported(stage_loss(stage, context), inputs.fixed_labels is not None,
+                                            inputs.landmarks is not None, inputs.moving_mask is not None)
+        fast = params["solver"] == "fast" and why is None
         exact = params["exact_gradient"] if params["exact_gradient"] is not None else not fast
         model = DenseModel(prior.transform, inputs.fixed.grid, self.name, bool(params["symmetric"]),
                            float(params["smoothing_mm"]), float(params["field_shrink"]), int(params["steps"]),
@@ -85,6 +89,8 @@ class Dense(Method):
                                   cube_field_shrink=params["cube_field_shrink"], level_step_scale=True,
                                   threads=params["threads"])
         record = optimise(model, stage, context, levels, inputs, options)
+        if params["solver"] == "fast":
+            record.details["evaluation"] = "same-grid" if fast else f"general ({why})"
         if record.diverged:
             return StageOutcome(prior.transform, prior.inverse, record)
         stage_t = model.stage_transform()
