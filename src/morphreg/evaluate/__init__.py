@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import importlib
 
+# Eager: these functions share their module's name, and importing the submodule (as evaluate.run does)
+# would set the package attribute to the module, shadowing a lazy name.
+from morphreg.evaluate.overlap import dice, jaccard, overlap
+from morphreg.evaluate.surface import surface, surface_distances, surface_voxels
+
 _LAZY = {
     "intensity_similarity": "morphreg.evaluate.intensity",
     "mse": "morphreg.evaluate.intensity",
@@ -24,9 +29,6 @@ _LAZY = {
     "read_landmarks": "morphreg.evaluate.landmarks",
     "tre": "morphreg.evaluate.landmarks",
     "write_landmarks_csv": "morphreg.evaluate.landmarks",
-    "dice": "morphreg.evaluate.overlap",
-    "jaccard": "morphreg.evaluate.overlap",
-    "overlap": "morphreg.evaluate.overlap",
     "centroid_tre": "morphreg.evaluate.run",
     "evaluate_registration": "morphreg.evaluate.run",
     "write_metrics": "morphreg.evaluate.run",
@@ -37,9 +39,6 @@ _LAZY = {
     "markdown_table": "morphreg.evaluate.stats",
     "paired_wilcoxon": "morphreg.evaluate.stats",
     "summarize": "morphreg.evaluate.stats",
-    "surface": "morphreg.evaluate.surface",
-    "surface_distances": "morphreg.evaluate.surface",
-    "surface_voxels": "morphreg.evaluate.surface",
     "displacement_magnitude": "morphreg.evaluate.transform_quality",
     "inverse_consistency": "morphreg.evaluate.transform_quality",
     "jacobian_determinant": "morphreg.evaluate.transform_quality",

@@ -55,6 +55,8 @@ class Transform(nn.Module):
 
     def jacobian_determinant(self, grid: Grid, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
         """det(dT/dx) on ``grid``: (N, *grid.shape). <= 0 means folding."""
+        if type(self).jacobian is not Transform.jacobian:  # an analytic Jacobian (linear models): exact
+            return torch.linalg.det(self.jacobian(grid, dtype, device).to(torch.float64)).to(dtype)
         mapped = self.map_grid(grid, dtype, device).to(torch.float64)
         return mapping_jacobian_determinant(torch.movedim(mapped, -1, 1), grid).to(dtype)
 
