@@ -39,6 +39,8 @@ def readme_files(tmp_path, monkeypatch, one_thread):
                         ("mr", pair.moving), ("gland_us", pair.fixed_labels), ("gland_mr", pair.moving_labels),
                         ("fixed_labels", pair.fixed_labels), ("moving_labels", pair.moving_labels)]:
         write_image(image, tmp_path / f"{name}.nii.gz")
+    (tmp_path / "pairs.csv").write_text("fixed,moving,fixed_labels,moving_labels\n"
+                                        "fixed.nii.gz,moving.nii.gz,fixed_labels.nii.gz,moving_labels.nii.gz\n")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -66,7 +68,7 @@ def test_readme_commands_run_as_written(readme_files, capsys):
         for s, h in saved.items():
             signal.signal(s, h)
     for output in ("out/summary.json", "out/transform.h5", "out2/warped.mha", "warped.nii.gz", "warped_labels.nii.gz",
-                   "metrics.json", "report.html", "my.yaml"):
+                   "metrics.json", "report.html", "my.yaml", "batch/0001/summary.json", "batch/metrics.csv"):
         assert (readme_files / output).is_file(), output
 
 

@@ -161,6 +161,17 @@ def _record_in_manifest(path: Path) -> None:
 
 
 # ----- output folders ---------------------------------------------------------------------------------
+def complete_output(folder: str | Path) -> bool:
+    """Whether ``folder`` is a finished morphreg output: its manifest is readable and every file it
+    lists exists (an output folder appears only once complete, so a half-written one has none)."""
+    manifest = Path(folder) / MANIFEST
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError, OSError):
+        return False
+    return all((Path(folder) / f).is_file() for f in files)
+
+
 def _entries(folder: Path) -> set[str]:
     """Relative paths of every file and folder under ``folder``."""
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}

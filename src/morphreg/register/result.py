@@ -6,6 +6,7 @@ from collections.abc import Mapping
 import json
 import math
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +180,7 @@ class Result:
         # (brain T1, 4 files: 9.2 s -> 6.8 s on 2 cores). Leaving the pool waits for every writer, also
         # on an error or a signal, so the caller's clean-up never races a writer.
         # ITK's HDF5 prints pages on fd 2 when a write fails (e.g. a full disk): caught, the exception says it.
+        t0 = time.perf_counter()
         with captured_native_stderr(), ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
             futures = [pool.submit(j) for j in jobs]
             try:
@@ -188,4 +190,5 @@ class Result:
                 pool.shutdown(wait=True, cancel_futures=True)  # queued writers do not start after a failure
                 raise
         summary = {**self.summary(), "outputs": outputs}
+        summary["timings"] = {**summary.get("timings", {}), "write_s": time.perf_counter() - t0}  # the files above
         (folder / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

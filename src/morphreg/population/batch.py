@@ -1,0 +1,250 @@
+"""``morphreg batch PAIRS.csv -o OUT``: one registration per CSV row, as Dask tasks.
+
+Each row (columns ``fixed, moving`` and optionally ``id, fixed_labels, moving_labels, fixed_mask,
+moving_mask, fixed_landmarks, moving_landmarks``; paths relative to the CSV) becomes one task that
+writes ``OUT/<id>/`` through :func:`morphreg.core.files.output_folder`, so a folder appears only once
+complete. A rerun skips rows whose folder is complete and recomputes the others (a killed run leaves
+none half-written). A row that fails is recorded with its one-line error in ``OUT/batch.json`` and
+the others go on. With labels, each folder gets ``metrics.json`` (independent evaluation) and
+``OUT/metrics.csv`` merges them.
+
+Scale-out is Dask's: a ``LocalCluster`` of ``workers`` processes by default, or any running
+scheduler (``tcp://HOST:PORT``, e.g. started by dask-jobqueue on SLURM). Each worker runs one task
+at a time with ``threads`` intra-op threads for torch and ITK, so workers x threads <= cores does
+not oversubscribe.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from morphreg.errors import MorphregError
+
+COLUMNS = ("id", "fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask", "fixed_landmarks",
+           "moving_landmarks")
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class BatchRow:
+    """One pair: ``id`` (the result folder's name) and absolute paths by column."""
+
+    id: str
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+def read_pairs(csv_path: str | Path) -> list[BatchRow]:
+    """The rows of a pairs CSV (see the module docstring); one-line errors name the file and the row."""
+    csv_path = Path(csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            records = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MorphregError(f"cannot read the pairs table ({exc})", csv_path) from None
+    unknown = [h for h in header if h not in COLUMNS]
+    if "fixed" not in header or "moving" not in header or unknown:
+        raise MorphregError(f"a pairs table needs the columns fixed, moving (optional: {', '.join(COLUMNS[3:])}, id)"
+                            + (f"; unknown column(s) {', '.join(unknown)}" if unknown else ""), csv_path)
+    rows, seen = [], set()
+    for i, rec in enumerate(records, start=1):
+        rec = {(k or "").strip(): (v or "").strip() for k, v in rec.items()}
+        row_id = rec.get("id") or f"{i:04d}"
+        if not SAFE_ID.match(row_id) or row_id in seen:
+            raise MorphregError(f"row {i}: id {row_id!r} is {'used twice' if row_id in seen else 'not a plain folder name'}",
+                                csv_path)
+        if not rec.get("fixed") or not rec.get("moving"):
+            raise MorphregError(f"row {i}: fixed and moving are required", csv_path)
+        seen.add(row_id)
+        paths = {k: str((csv_path.parent / v).resolve()) for k, v in rec.items() if k in COLUMNS[1:] and v}
+        rows.append(BatchRow(row_id, paths))
+    if not rows:
+        raise MorphregError("the pairs table has no rows", csv_path)
+    return rows
+
+
+def _set_threads(threads: int) -> None:
+    import SimpleITK as sitk
+    import torch
+
+    torch.set_num_threads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def register_row(row: BatchRow, out: str, preset: str = "default", overrides: dict | None = None,
+                 threads: int = 1, label_channels: str | None = None, landmark_channels: str | None = None,
+                 seed: int = 0) -> dict:
+    """Register one row into ``out/<id>`` (runs inside a worker). Never raises for a bad row: returns
+    ``{"id", "status": "ok" | "failed", "error", "seconds", and the metrics' medians when labels}``."""
+    from morphreg.core.files import output_folder
+
+    t0 = time.perf_counter()
+    record: dict = {"id": row.id, "status": "failed", "error": None}
+    try:
+        _set_threads(threads)
+        from morphreg.register import register
+
+        p = row.paths
+        result = register(p["fixed"], p["moving"], preset, fixed_mask=p.get("fixed_mask"), moving_mask=p.get("moving_mask"),
+                          fixed_labels=p.get("fixed_labels"), moving_labels=p.get("moving_labels"),
+                          fixed_landmarks=p.get("fixed_landmarks"), moving_landmarks=p.get("moving_landmarks"),
+                          label_channels=label_channels, seed=seed, **(overrides or {}))
+        metrics = _metrics(result, p, landmark_channels) if "fixed_labels" in p else None
+        with output_folder(Path(out) / row.id, list(p.values())) as tmp:
+            result.write(tmp)
+            if metrics is not None:
+                (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_plain), encoding="utf-8")
+        record.update(status="ok", **_headline(result, metrics))
+    except MorphregError as exc:
+        record["error"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - one bad row must not stop the batch; the error is recorded
+        record["error"] = f"internal error: {type(exc).__name__}: {exc}"
+    record["seconds"] = time.perf_counter() - t0
+    return record
+
+
+def _metrics(result, paths: dict, landmark_channels: str | None) -> dict:
+    from morphreg.evaluate import evaluate_registration
+    from morphreg.image.io import read_image
+
+    fl, ml = read_image(paths["fixed_labels"], labels=True), read_image(paths["moving_labels"], labels=True)
+    return evaluate_registration(result.transform, fl, ml, landmark_channels=landmark_channels)
+
+
+def _plain(x):
+    return None if isinstance(x, float) and not math.isfinite(x) else str(x)
+
+
+def _headline(result, metrics: dict | None) -> dict:
+    out = {"folding_percent": result.folding_percent, "final_metric": result.final_metric}
+    if metrics:
+        out["dice"] = metrics.get("overlap", {}).get("mean", {}).get("dice")
+        out["dice_initial"] = metrics.get("initial", {}).get("overlap", {}).get("mean", {}).get("dice")
+        tre = metrics.get("tre") or metrics.get("centroid_tre") or {}
+        final = tre.get("final", tre) if isinstance(tre, dict) else {}
+        out["tre_mm"] = final.get("mean_mm") if isinstance(final, dict) else None
+    return out
+
+
+def _done_record(row: BatchRow, folder: Path) -> dict:
+    """The record of a row finished by an earlier run (from its files)."""
+    rec = {"id": row.id, "status": "ok", "error": None, "skipped": True}
+    try:
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        rec.update(folding_percent=summary.get("folding_percent"), final_metric=summary.get("final_metric"))
+        if (folder / "metrics.json").is_file():
+            metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+            rec.update({k: v for k, v in _headline_from(metrics).items()})
+    except (OSError, ValueError):
+        pass
+    return rec
+
+
+def _headline_from(metrics: dict) -> dict:
+    class _R:  # the parts of a Result that _headline reads, already in the record
+        folding_percent = final_metric = None
+
+    out = _headline(_R(), metrics)
+    return {k: v for k, v in out.items() if k not in ("folding_percent", "final_metric")}
+
+
+@dataclass
+class BatchReport:
+    rows: list[dict]
+    dashboard: str | None
+    seconds: float
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] != "ok"]
+
+
+def _client(scheduler: str, workers: int):
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler == "local":
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=40)
+        return Client(cluster), cluster
+    if not scheduler.startswith(("tcp://", "tls://", "inproc://", "ws://", "wss://")):
+        raise MorphregError(f"--scheduler: 'local' or an address such as tcp://host:8786, not {scheduler!r}")
+    try:
+        return Client(scheduler, timeout="20s"), None
+    except (OSError, TimeoutError) as exc:
+        raise MorphregError(f"cannot reach the Dask scheduler at {scheduler} ({type(exc).__name__})") from None
+
+
+def run_batch(csv_path: str | Path, out: str | Path, preset: str = "default", overrides: dict | None = None,
+              scheduler: str = "local", workers: int = 1, threads_per_worker: int = 1,
+              label_channels: str | None = None, landmark_channels: str | None = None, seed: int = 0,
+              on_start=None, on_row=None) -> BatchReport:
+    """Run every row not finished yet (see the module docstring); writes OUT/batch.json and, with
+    labels, OUT/metrics.csv. ``on_start(n_todo, dashboard)`` / ``on_row(record)``: progress hooks."""
+    from dask.distributed import as_completed
+
+    rows = read_pairs(csv_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    done = {r.id: _done_record(r, out / r.id) for r in rows if _complete(out / r.id)}
+    todo = [r for r in rows if r.id not in done]
+    records = dict(done)
+    client, cluster = _client(scheduler, workers) if todo else (None, None)
+    dashboard = getattr(client, "dashboard_link", None) if client is not None else None
+    try:
+        if on_start is not None:
+            on_start(len(todo), dashboard)
+        futures = [client.submit(register_row, r, str(out), preset, overrides, threads_per_worker, label_channels,
+                                 landmark_channels, seed, pure=False, key=f"morphreg-{r.id}-{time.time_ns()}")
+                   for r in todo]
+        by_key = {f.key: r for f, r in zip(futures, todo)}
+        for future in as_completed(futures):
+            try:
+                rec = future.result()
+            except Exception as exc:  # noqa: BLE001 - a worker died (out of memory, killed): that row failed
+                rec = {"id": by_key[future.key].id, "status": "failed", "error": f"worker lost: {type(exc).__name__}: {exc}"}
+            records[rec["id"]] = rec
+            if on_row is not None:
+                on_row(rec)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    report = BatchReport([records[r.id] for r in rows], dashboard, time.perf_counter() - t0)
+    _write_tables(out, report)
+    return report
+
+
+def _complete(folder: Path) -> bool:
+    from morphreg.core.files import complete_output
+
+    return complete_output(folder)
+
+
+def _write_tables(out: Path, report: BatchReport) -> None:
+    from morphreg.core.files import atomic_path
+
+    ok = [r for r in report.rows if r["status"] == "ok"]
+    medians = {}
+    for key in ("dice_initial", "dice", "tre_mm", "folding_percent"):
+        values = [r[key] for r in ok if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        if values:
+            medians[key] = statistics.median(values)
+    summary = {"rows": report.rows, "failed": len(report.failed), "medians": medians, "seconds": report.seconds,
+               "dashboard": report.dashboard}
+    with atomic_path(out / "batch.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, default=_plain), encoding="utf-8")
+    if any("dice" in r for r in ok):
+        columns = ["id", "status", "dice_initial", "dice", "tre_mm", "folding_percent", "seconds", "error"]
+        with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(report.rows)
