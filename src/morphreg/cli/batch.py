@@ -31,11 +31,9 @@ def batch_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from morphreg.population.batch import run_batch
-    from morphreg.register.presets import deep_merge, parse_override
+    from morphreg.register.presets import parse_overrides
 
-    overrides: dict = {}
-    for item in set_ or []:
-        overrides = deep_merge(overrides, parse_override(item))
+    overrides = parse_overrides(set_)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, disable=quiet)
     task = None

@@ -63,13 +63,11 @@ def register_cmd(
     from morphreg.core.files import output_folder
     from morphreg.register import register
 
-    from morphreg.register.presets import deep_merge, load_preset_file, parse_override
+    from morphreg.register.presets import load_preset_file, parse_overrides
 
     suffix = result_suffix(fixed, image_format)
     stages = load_preset_file(preset_file) if preset_file is not None else preset
-    overrides: dict = {}
-    for item in set_ or []:  # repeated --set on one dict (optimizer.lr, optimizer.name) add up
-        overrides = deep_merge(overrides, parse_override(item))
+    overrides = parse_overrides(set_)
     set_threads(threads)
     inputs = [fixed, moving, fixed_mask, moving_mask, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks,
               rigidity_mask, initial_transform, preset_file]

@@ -104,12 +104,17 @@ def _to_grid(image: Image | None, grid: Grid) -> torch.Tensor | None:
     return warp(image.float(), None, grid, "linear").batch()
 
 
+def _fixed_mask_on(inputs: StageInputs, grid: Grid) -> torch.Tensor | None:
+    """The fixed mask on a level grid, {0, 1} (1, 1, *grid.shape), or None."""
+    mask = _to_grid(inputs.fixed_mask, grid)
+    return None if mask is None else (mask > 0.5).float()
+
+
 def level_data(inputs: StageInputs, fixed_k: Image, moving_k: Image) -> LevelData:
-    mask = _to_grid(inputs.fixed_mask, fixed_k.grid)
     return LevelData(
         fixed=fixed_k,
         moving=moving_k,
-        fixed_mask=None if mask is None else (mask > 0.5).float(),
+        fixed_mask=_fixed_mask_on(inputs, fixed_k.grid),
         moving_mask=inputs.moving_mask,
         fixed_labels=_to_grid(inputs.fixed_labels, fixed_k.grid),
         moving_labels=inputs.moving_labels,
@@ -156,8 +161,7 @@ class _Levels:
         pens = penalty_terms(self.loss.penalties, self.inputs, _field_grid(self.model, grid)) if with_penalties else []
         if not self.options.same_grid:
             return Objective(level_data(self.inputs, self.fixed_pyr[k], self.moving_pyr[k]), self.loss, pens)
-        mask = _to_grid(self.inputs.fixed_mask, grid)
-        mask = None if mask is None else (mask > 0.5).float()
+        mask = _fixed_mask_on(self.inputs, grid)
         f, m = self.fixed_pyr[k].batch(), self.moving_pyr[k].batch()
         sampler = PatchSampler(grid, foreground(f, mask), *self.options.patches, seed=self.seed + k) if self.cubes(k) else None
         return SameGridObjective(f, m, grid, self.loss, pens, mask, sampler, probe_seed=self.seed + 1000 + k)

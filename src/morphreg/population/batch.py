@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from morphreg.core.files import atomic_path, complete_output, output_folder
 from morphreg.errors import MorphregError
 
 COLUMNS = ("id", "fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask", "fixed_landmarks",
@@ -83,8 +84,6 @@ def register_row(row: BatchRow, out: str, preset: str = "default", overrides: di
                  seed: int = 0) -> dict:
     """Register one row into ``out/<id>`` (runs inside a worker). Never raises for a bad row: returns
     ``{"id", "status": "ok" | "failed", "error", "seconds", and the metrics' medians when labels}``."""
-    from morphreg.core.files import output_folder
-
     t0 = time.perf_counter()
     record: dict = {"id": row.id, "status": "failed", "error": None}
     try:
@@ -101,7 +100,8 @@ def register_row(row: BatchRow, out: str, preset: str = "default", overrides: di
             result.write(tmp)
             if metrics is not None:
                 (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_plain), encoding="utf-8")
-        record.update(status="ok", **_headline(result, metrics))
+        record.update(status="ok", folding_percent=result.folding_percent, final_metric=result.final_metric,
+                      **_metric_headline(metrics))
     except MorphregError as exc:
         record["error"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - one bad row must not stop the batch; the error is recorded
@@ -122,15 +122,14 @@ def _plain(x):
     return None if isinstance(x, float) and not math.isfinite(x) else str(x)
 
 
-def _headline(result, metrics: dict | None) -> dict:
-    out = {"folding_percent": result.folding_percent, "final_metric": result.final_metric}
-    if metrics:
-        out["dice"] = metrics.get("overlap", {}).get("mean", {}).get("dice")
-        out["dice_initial"] = metrics.get("initial", {}).get("overlap", {}).get("mean", {}).get("dice")
-        tre = metrics.get("tre") or metrics.get("centroid_tre") or {}
-        final = tre.get("final", tre) if isinstance(tre, dict) else {}
-        out["tre_mm"] = final.get("mean_mm") if isinstance(final, dict) else None
-    return out
+def _metric_headline(metrics: dict | None) -> dict:
+    """Mean Dice before / after and the mean TRE (landmarks, else structure centroids) of metrics.json."""
+    if not metrics:
+        return {}
+    tre = metrics.get("tre") or metrics.get("centroid_tre") or {}
+    return {"dice": metrics.get("overlap", {}).get("mean", {}).get("dice"),
+            "dice_initial": metrics.get("initial", {}).get("overlap", {}).get("mean", {}).get("dice"),
+            "tre_mm": tre.get("final", {}).get("mean_mm")}
 
 
 def _done_record(row: BatchRow, folder: Path) -> dict:
@@ -141,18 +140,10 @@ def _done_record(row: BatchRow, folder: Path) -> dict:
         rec.update(folding_percent=summary.get("folding_percent"), final_metric=summary.get("final_metric"))
         if (folder / "metrics.json").is_file():
             metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-            rec.update({k: v for k, v in _headline_from(metrics).items()})
+            rec.update(_metric_headline(metrics))
     except (OSError, ValueError):
         pass
     return rec
-
-
-def _headline_from(metrics: dict) -> dict:
-    class _R:  # the parts of a Result that _headline reads, already in the record
-        folding_percent = final_metric = None
-
-    out = _headline(_R(), metrics)
-    return {k: v for k, v in out.items() if k not in ("folding_percent", "final_metric")}
 
 
 @dataclass
@@ -193,7 +184,7 @@ def run_batch(csv_path: str | Path, out: str | Path, preset: str = "default", ov
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    done = {r.id: _done_record(r, out / r.id) for r in rows if _complete(out / r.id)}
+    done = {r.id: _done_record(r, out / r.id) for r in rows if complete_output(out / r.id)}
     todo = [r for r in rows if r.id not in done]
     records = dict(done)
     client, cluster = _client(scheduler, workers) if todo else (None, None)
@@ -223,15 +214,7 @@ def run_batch(csv_path: str | Path, out: str | Path, preset: str = "default", ov
     return report
 
 
-def _complete(folder: Path) -> bool:
-    from morphreg.core.files import complete_output
-
-    return complete_output(folder)
-
-
 def _write_tables(out: Path, report: BatchReport) -> None:
-    from morphreg.core.files import atomic_path
-
     ok = [r for r in report.rows if r["status"] == "ok"]
     medians = {}
     for key in ("dice_initial", "dice", "tre_mm", "folding_percent"):

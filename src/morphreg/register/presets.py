@@ -225,6 +225,15 @@ def parse_override(item: str) -> dict:
     return {".".join(parts[: where + 1]): value}
 
 
+def parse_overrides(items) -> dict:
+    """Repeated ``--set`` items as one overrides dict; items on one dict key (``optimizer.lr``,
+    ``optimizer.name``) add up."""
+    overrides: dict = {}
+    for item in items or []:
+        overrides = deep_merge(overrides, parse_override(item))
+    return overrides
+
+
 def load_preset_file(path) -> list[dict]:
     """Stages from a YAML file with the schema of the built-in presets (``morphreg presets show NAME``):
     a list of stage dicts, or ``{"stages": [...]}``."""

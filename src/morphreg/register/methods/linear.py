@@ -39,6 +39,12 @@ def initial_linear(inputs: StageInputs, name: str, params: dict) -> Transform:
     return initialize(inputs.fixed, inputs.moving, name, inputs.fixed_mask, inputs.moving_mask, **params)
 
 
+def init_spec(stage: dict) -> tuple[str, dict]:
+    """A linear stage's ``init``: a name, or [name, {parameters}] (default identity)."""
+    init = stage.get("init") or "identity"
+    return (init[0], dict(init[1])) if isinstance(init, (list, tuple)) else (init, {})
+
+
 class Linear(Method):
     """``"model": "translation" | "rigid" | "similarity" | "affine"``; see the module docstring."""
 
@@ -50,8 +56,7 @@ class Linear(Method):
 
     def check(self, stage: dict) -> None:
         super().check(stage)
-        init = stage.get("init") or "identity"
-        name = init[0] if isinstance(init, (list, tuple)) else init
+        name, _ = init_spec(stage)
         if name not in INITS:
             raise MorphregError(f"unknown init {name!r} of a {self.name} stage (choose from {', '.join(INITS)})")
 
@@ -62,9 +67,7 @@ class Linear(Method):
         record = new_record(stage, context, levels)
         start = None
         if prior.transform is None:
-            init = stage.get("init") or "identity"
-            name, init_params = (init[0], dict(init[1])) if isinstance(init, (list, tuple)) else (init, {})
-            t0 = initial_linear(context.inputs, name, init_params)
+            t0 = initial_linear(context.inputs, *init_spec(stage))
             prior = start = Prior(t0, t0.inverse())
             record.initial_transform = t0.to_dict()
         elif not isinstance(prior.transform, LinearTransform):
