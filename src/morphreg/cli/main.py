@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 2 a problem with the input or the command line (one line naming the file or
 the option); 1 an internal error (a bug: one line, the traceback in a log file, printed with
-``--debug``); 3 ``batch`` ran but some rows failed (it says how many); 130 / 143 interrupted by SIGINT (Ctrl-C) / SIGTERM. Outputs are complete or absent in
+``--debug``); 3 ``batch`` / ``segment`` ran but some rows / atlases failed (it says how many); 130 / 143 interrupted by SIGINT (Ctrl-C) / SIGTERM. Outputs are complete or absent in
 every case (see :mod:`morphreg.core.files`).
 """
 from __future__ import annotations
@@ -154,9 +154,11 @@ from morphreg.cli.register import register_cmd  # noqa: E402
 
 app.command("register")(register_cmd)
 
-from morphreg.cli.batch import batch_cmd  # noqa: E402
+from morphreg.cli.population import batch_cmd, segment_cmd, template_cmd  # noqa: E402
 
 app.command("batch")(batch_cmd)
+app.command("template")(template_cmd)
+app.command("segment")(segment_cmd)
 
 from morphreg.cli.presets import presets_app  # noqa: E402
 

@@ -18,18 +18,17 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from morphreg.core.files import atomic_path, complete_output, output_folder
-from morphreg.errors import MorphregError
+from morphreg.population.cluster import as_finished, dask_client, dashboard, recorded, set_threads
+from morphreg.population.tables import read_table
 
 COLUMNS = ("id", "fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask", "fixed_landmarks",
            "moving_landmarks")
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
@@ -42,41 +41,7 @@ class BatchRow:
 
 def read_pairs(csv_path: str | Path) -> list[BatchRow]:
     """The rows of a pairs CSV (see the module docstring); one-line errors name the file and the row."""
-    csv_path = Path(csv_path)
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            records = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise MorphregError(f"cannot read the pairs table ({exc})", csv_path) from None
-    unknown = [h for h in header if h not in COLUMNS]
-    if "fixed" not in header or "moving" not in header or unknown:
-        raise MorphregError(f"a pairs table needs the columns fixed, moving (optional: {', '.join(COLUMNS[3:])}, id)"
-                            + (f"; unknown column(s) {', '.join(unknown)}" if unknown else ""), csv_path)
-    rows, seen = [], set()
-    for i, rec in enumerate(records, start=1):
-        rec = {(k or "").strip(): (v or "").strip() for k, v in rec.items()}
-        row_id = rec.get("id") or f"{i:04d}"
-        if not SAFE_ID.match(row_id) or row_id in seen:
-            raise MorphregError(f"row {i}: id {row_id!r} is {'used twice' if row_id in seen else 'not a plain folder name'}",
-                                csv_path)
-        if not rec.get("fixed") or not rec.get("moving"):
-            raise MorphregError(f"row {i}: fixed and moving are required", csv_path)
-        seen.add(row_id)
-        paths = {k: str((csv_path.parent / v).resolve()) for k, v in rec.items() if k in COLUMNS[1:] and v}
-        rows.append(BatchRow(row_id, paths))
-    if not rows:
-        raise MorphregError("the pairs table has no rows", csv_path)
-    return rows
-
-
-def _set_threads(threads: int) -> None:
-    import SimpleITK as sitk
-    import torch
-
-    torch.set_num_threads(threads)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    return [BatchRow(row_id, paths) for row_id, paths in read_table(csv_path, "pairs", COLUMNS[1:3], COLUMNS[3:])]
 
 
 def register_row(row: BatchRow, out: str, preset: str = "default", overrides: dict | None = None,
@@ -84,10 +49,9 @@ def register_row(row: BatchRow, out: str, preset: str = "default", overrides: di
                  seed: int = 0) -> dict:
     """Register one row into ``out/<id>`` (runs inside a worker). Never raises for a bad row: returns
     ``{"id", "status": "ok" | "failed", "error", "seconds", and the metrics' medians when labels}``."""
-    t0 = time.perf_counter()
     record: dict = {"id": row.id, "status": "failed", "error": None}
-    try:
-        _set_threads(threads)
+    with recorded(record):
+        set_threads(threads)
         from morphreg.register import register
 
         p = row.paths
@@ -102,11 +66,6 @@ def register_row(row: BatchRow, out: str, preset: str = "default", overrides: di
                 (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_plain), encoding="utf-8")
         record.update(status="ok", folding_percent=result.folding_percent, final_metric=result.final_metric,
                       **_metric_headline(metrics))
-    except MorphregError as exc:
-        record["error"] = str(exc)
-    except Exception as exc:  # noqa: BLE001 - one bad row must not stop the batch; the error is recorded
-        record["error"] = f"internal error: {type(exc).__name__}: {exc}"
-    record["seconds"] = time.perf_counter() - t0
     return record
 
 
@@ -146,6 +105,10 @@ def _done_record(row: BatchRow, folder: Path) -> dict:
     return rec
 
 
+def _lost_row(row: BatchRow, exc: Exception) -> dict:
+    return {"id": row.id, "status": "failed", "error": f"worker lost: {type(exc).__name__}: {exc}"}
+
+
 @dataclass
 class BatchReport:
     rows: list[dict]
@@ -157,29 +120,12 @@ class BatchReport:
         return [r for r in self.rows if r["status"] != "ok"]
 
 
-def _client(scheduler: str, workers: int):
-    from dask.distributed import Client, LocalCluster
-
-    if scheduler == "local":
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=40)
-        return Client(cluster), cluster
-    if not scheduler.startswith(("tcp://", "tls://", "inproc://", "ws://", "wss://")):
-        raise MorphregError(f"--scheduler: 'local' or an address such as tcp://host:8786, not {scheduler!r}")
-    try:
-        return Client(scheduler, timeout="20s"), None
-    except (OSError, TimeoutError) as exc:
-        raise MorphregError(f"cannot reach the Dask scheduler at {scheduler} ({type(exc).__name__})") from None
-
-
 def run_batch(csv_path: str | Path, out: str | Path, preset: str = "default", overrides: dict | None = None,
               scheduler: str = "local", workers: int = 1, threads_per_worker: int = 1,
               label_channels: str | None = None, landmark_channels: str | None = None, seed: int = 0,
               on_start=None, on_row=None) -> BatchReport:
     """Run every row not finished yet (see the module docstring); writes OUT/batch.json and, with
     labels, OUT/metrics.csv. ``on_start(n_todo, dashboard)`` / ``on_row(record)``: progress hooks."""
-    from dask.distributed import as_completed
-
     rows = read_pairs(csv_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,29 +133,21 @@ def run_batch(csv_path: str | Path, out: str | Path, preset: str = "default", ov
     done = {r.id: _done_record(r, out / r.id) for r in rows if complete_output(out / r.id)}
     todo = [r for r in rows if r.id not in done]
     records = dict(done)
-    client, cluster = _client(scheduler, workers) if todo else (None, None)
-    dashboard = getattr(client, "dashboard_link", None) if client is not None else None
-    try:
-        if on_start is not None:
-            on_start(len(todo), dashboard)
-        futures = [client.submit(register_row, r, str(out), preset, overrides, threads_per_worker, label_channels,
-                                 landmark_channels, seed, pure=False, key=f"morphreg-{r.id}-{time.time_ns()}")
-                   for r in todo]
-        by_key = {f.key: r for f, r in zip(futures, todo)}
-        for future in as_completed(futures):
-            try:
-                rec = future.result()
-            except Exception as exc:  # noqa: BLE001 - a worker died (out of memory, killed): that row failed
-                rec = {"id": by_key[future.key].id, "status": "failed", "error": f"worker lost: {type(exc).__name__}: {exc}"}
-            records[rec["id"]] = rec
-            if on_row is not None:
-                on_row(rec)
-    finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
-    report = BatchReport([records[r.id] for r in rows], dashboard, time.perf_counter() - t0)
+    dashboard_link = None
+    if todo:
+        with dask_client(scheduler, workers) as client:
+            dashboard_link = dashboard(client)
+            if on_start is not None:
+                on_start(len(todo), dashboard_link)
+            for row, rec in as_finished(client, register_row, todo, str(out), preset, overrides, threads_per_worker,
+                                        label_channels, landmark_channels, seed, name="morphreg-batch",
+                                        on_lost=_lost_row):
+                records[row.id] = rec
+                if on_row is not None:
+                    on_row(rec)
+    elif on_start is not None:
+        on_start(0, None)
+    report = BatchReport([records[r.id] for r in rows], dashboard_link, time.perf_counter() - t0)
     _write_tables(out, report)
     return report
 
