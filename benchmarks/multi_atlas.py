@@ -45,8 +45,10 @@ def _gland(case: int) -> np.ndarray:
     return read_image(DATA / "moving_labels" / f"obs{case:03d}.nii.gz", labels=True).data[0].numpy() != 0
 
 
-def _finish_target(target: int, maps: dict, weights: dict, atlases: list[int]) -> dict:
-    """Single-atlas and fused gland Dice of one target from its warped atlas labels."""
+def _finish_target(target: int, maps: dict, weights: dict, atlases: list[int], selections=()) -> dict:
+    """Single-atlas and fused gland Dice of one target from its warped atlas labels; for each K of
+    ``selections`` also the fusions of the K atlases with the highest mean vote weight (as
+    ``segment(select=K)`` chooses them), as "<fusion>@K"."""
     from morphreg.evaluate.overlap import dice
     from morphreg.image.io import read_image
     from morphreg.population.fusion import fuse
@@ -60,6 +62,11 @@ def _finish_target(target: int, maps: dict, weights: dict, atlases: list[int]) -
     for method in FUSIONS:
         fused, _ = fuse([maps[a] for a in ids], grid, method, [weights[a] for a in ids])
         row[method] = dice(fused.numpy() == 1, truth)
+    for k in selections:
+        chosen = sorted(ids, key=lambda a: -float(weights[a].mean()))[:k]
+        for method in FUSIONS:
+            fused, _ = fuse([maps[a] for a in chosen], grid, method, [weights[a] for a in chosen])
+            row[f"{method}@{k}"] = dice(fused.numpy() == 1, truth)
     return row
 
 
@@ -81,6 +88,7 @@ def main() -> None:
     parser.add_argument("--atlases", default="0-39")
     parser.add_argument("--preset", default="default")
     parser.add_argument("--report-only", action="store_true", help="Only print the tables of the finished targets.")
+    parser.add_argument("--tune-below", type=int, default=58, help="Targets below this case tune the atlas selection.")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"no data at {DATA}")
@@ -88,7 +96,7 @@ def main() -> None:
     table = args.out / "targets.csv"
     atlases, targets = _span(args.atlases), _span(args.targets)
     if args.report_only:
-        return _report(args.out, targets, atlases)
+        return _report(args.out, targets, atlases, args.tune_below)
     columns = ["target", "atlases_ok", *FUSIONS, *(f"atlas{a:03d}" for a in atlases)]
     done = {}
     if table.is_file():
@@ -135,7 +143,7 @@ def main() -> None:
                 print(f"obs{target:03d}: majority {row['majority']:.3f} weighted {row['weighted']:.3f} staple "
                       f"{row['staple']:.3f}; {len(done)}/{len(targets)} targets, {elapsed / 60:.1f} min, "
                       f"median registration {statistics.median(seconds):.2f} s", flush=True)
-    _report(args.out, targets, atlases)
+    _report(args.out, targets, atlases, args.tune_below)
 
 
 def patients(cases: list[int]) -> list[list[int]]:
@@ -155,26 +163,37 @@ def _load(path: Path) -> tuple[dict, dict]:
     return maps, weights
 
 
-def _report(out: Path, targets: list[int], atlases: list[int]) -> None:
+def _report(out: Path, targets: list[int], atlases: list[int], tune_below: int, selections=(5, 10, 15, 20)) -> None:
+    """Tables over all target volumes and one volume per patient; then atlas selection: the fusion and K
+    with the best median on the tuning targets (< ``tune_below``), reported on the others."""
     one_each = [g[0] for g in patients(atlases)]
-    target_groups = patients(targets)
+    firsts = [g[0] for g in patients(targets)]
     for name, atlas_set in ((f"all {len(atlases)} atlas volumes", atlases), (f"{len(one_each)} atlases, one per patient", one_each)):
-        rows = {}
-        for t in targets:
-            if (out / "warped" / f"obs{t:03d}.npz").is_file():
-                rows[t] = _finish_target(t, *_load(out / "warped" / f"obs{t:03d}.npz"), atlas_set)
-        firsts = [g[0] for g in target_groups if g[0] in rows]
+        rows = {t: _finish_target(t, *_load(out / "warped" / f"obs{t:03d}.npz"), atlas_set, selections)
+                for t in targets if (out / "warped" / f"obs{t:03d}.npz").is_file()}
         _table(f"{name}, {len(rows)} target volumes", [rows[t] for t in rows], atlas_set)
-        _table(f"{name}, {len(firsts)} target patients (first volume of each)", [rows[t] for t in firsts], atlas_set)
+        mine = [t for t in firsts if t in rows]
+        _table(f"{name}, {len(mine)} target patients (first volume of each)", [rows[t] for t in mine], atlas_set)
+        tune = [rows[t] for t in mine if t < tune_below]
+        held = [rows[t] for t in mine if t >= tune_below]
+        if not tune or not held:
+            continue
+        choices = [f"{m}@{k}" for k in selections for m in FUSIONS] + list(FUSIONS)
+        scores = {c: float(np.median([r[c] for r in tune])) for c in choices}
+        best = max(choices, key=scores.get)
+        print(f"atlas selection tuned on {len(tune)} patients (< obs{tune_below:03d}): " +
+              ", ".join(f"{c} {v:.3f}" for c, v in sorted(scores.items(), key=lambda kv: -kv[1])[:6]))
+        _table(f"{name}, {len(held)} held-out patients (>= obs{tune_below:03d}); selected: {best}", held, atlas_set,
+               extra=(best,))
 
 
-def _table(title: str, rows: list[dict], atlases: list[int]) -> None:
+def _table(title: str, rows: list[dict], atlases: list[int], extra=()) -> None:
     singles = np.array([[float(r[f"atlas{a:03d}"]) for a in atlases] for r in rows])
     best_atlas = int(np.nanargmax(np.nanmedian(singles, axis=0)))
     lines = [("average single atlas (per target: mean over atlases)", np.nanmean(singles, axis=1)),
              (f"best single atlas (obs{atlases[best_atlas]:03d}, chosen on these targets)", singles[:, best_atlas]),
              ("oracle: per target its best atlas (not a method)", np.nanmax(singles, axis=1))]
-    lines += [(f"{m} fusion", np.array([float(r[m]) for r in rows])) for m in FUSIONS]
+    lines += [(f"{m} fusion", np.array([float(r[m]) for r in rows])) for m in (*FUSIONS, *extra)]
     print(f"\nGland Dice, {title} (median [IQR], min):")
     print("| | median [IQR] | min |\n|---|---|---|")
     for name, v in lines:

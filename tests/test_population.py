@@ -88,8 +88,9 @@ def test_template_input_errors_are_one_line(discs, tmp_path, capfd):
 
 
 # ----- multi-atlas segmentation -------------------------------------------------------------------------
-def _atlases(folder, n: int = 5):
-    """A 2D phantom deformed n + 1 ways (smooth, 4 mm): atlases 0..n-1 and the target (with its truth)."""
+def _atlases(folder, n: int = 5, decoy: bool = False):
+    """A 2D phantom deformed n + 1 ways (smooth, 4 mm): atlases 0..n-1 and the target (with its truth);
+    ``decoy``: one more atlas whose image is noise (its labels are right, but it cannot be registered)."""
     grid = Grid((48, 48), (-47.0, -47.0), (2.0, 2.0))
     image, labels = phantom_image(grid, 0)
     rows = []
@@ -100,11 +101,15 @@ def _atlases(folder, n: int = 5):
         write_image(img, folder / f"image{k}.nii.gz")
         write_image(lab, folder / f"labels{k}.nii.gz")
         rows.append({"id": f"a{k}", "image": f"image{k}.nii.gz", "labels": f"labels{k}.nii.gz"})
+    if decoy:
+        noise = torch.from_numpy(np.random.default_rng(5).random(grid.shape).astype(np.float32))
+        write_image(Image(noise, grid), folder / "decoy.nii.gz")
+        rows.insert(n, {"id": "decoy", "image": "decoy.nii.gz", "labels": "labels0.nii.gz"})
     table = folder / "atlases.csv"
     with open(table, "w", newline="") as f:
         writer = csv.DictWriter(f, ["id", "image", "labels"])
         writer.writeheader()
-        writer.writerows(rows[:n])
+        writer.writerows(rows[:n + decoy])
     return table, folder / f"image{n}.nii.gz", read_image(folder / f"labels{n}.nii.gz", labels=True)
 
 
@@ -113,13 +118,14 @@ def _mean_dice(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(np.mean([dice((a == v).numpy(), (b == v).numpy()) for v in values]))
 
 
-def test_multi_atlas_fusion_beats_the_average_single_atlas(tmp_path):
-    table, target, truth = _atlases(tmp_path)
+def test_multi_atlas_fusion_beats_the_average_single_atlas_and_selection_drops_a_decoy(tmp_path):
+    table, target, truth = _atlases(tmp_path, decoy=True)
     result = segment(target, table, "majority", preset="affine", overrides={"levels": [[2, None, 40], [1, None, 40]]},
-                     workers=2, keep_warped=True)
+                     workers=2, select=5, keep_warped=True)
     singles = [_mean_dice(m.data[0], truth.data[0]) for m in result.warped.values()]
     fused = _mean_dice(result.labels.data[0], truth.data[0])
     assert len(singles) == 5 and not result.failed
+    assert [a["id"] for a in result.atlases if not a["selected"]] == ["decoy"]  # selection drops the noise atlas
     assert fused > np.mean(singles) + 0.02, (fused, singles)
     conf = result.confidence.data[0]
     assert float(conf.min()) >= 0.2 and float(conf.max()) == 1.0  # 5 voters: the winner has at least 1/5

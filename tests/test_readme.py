@@ -41,6 +41,8 @@ def readme_files(tmp_path, monkeypatch, one_thread):
         write_image(image, tmp_path / f"{name}.nii.gz")
     (tmp_path / "pairs.csv").write_text("fixed,moving,fixed_labels,moving_labels\n"
                                         "fixed.nii.gz,moving.nii.gz,fixed_labels.nii.gz,moving_labels.nii.gz\n")
+    (config,) = _section_blocks("Using it", "yaml")
+    (tmp_path / "train.yaml").write_text(config)
     (tmp_path / "atlases.csv").write_text("image,labels\nfixed.nii.gz,fixed_labels.nii.gz\n"
                                           "moving.nii.gz,moving_labels.nii.gz\n")
     monkeypatch.chdir(tmp_path)
@@ -71,7 +73,8 @@ def test_readme_commands_run_as_written(readme_files, capsys):
             signal.signal(s, h)
     for output in ("out/summary.json", "out/transform.h5", "out2/warped.mha", "warped.nii.gz", "warped_labels.nii.gz",
                    "metrics.json", "report.html", "my.yaml", "batch/0001/summary.json", "batch/metrics.csv",
-                   "template.nii.gz", "template_iterations/convergence.csv", "seg.nii.gz", "seg_confidence.nii.gz"):
+                   "template.nii.gz", "template_iterations/convergence.csv", "seg.nii.gz", "seg_confidence.nii.gz",
+                   "run/model.pt", "run/metrics.csv", "learned/transform.h5"):
         assert (readme_files / output).is_file(), output
 
 

@@ -160,6 +160,11 @@ app.command("batch")(batch_cmd)
 app.command("template")(template_cmd)
 app.command("segment")(segment_cmd)
 
+from morphreg.cli.learn import predict_cmd, train_cmd  # noqa: E402
+
+app.command("train")(train_cmd)
+app.command("predict")(predict_cmd)
+
 from morphreg.cli.presets import presets_app  # noqa: E402
 
 app.add_typer(presets_app, name="presets")

@@ -125,6 +125,8 @@ def segment_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Fused label map; <name>_confidence and <name>.json "
                                 "(per-atlas records) are written beside it."),
     fusion: str = typer.Option("majority", "--fusion", help="majority | weighted (local NCC) | staple."),
+    select: int = typer.Option(None, "--select", min=1, help="Fuse only the K atlases most similar to the target "
+                               "after registration (mean local NCC); default: all."),
     preset: str = typer.Option("default", "--preset", "-p", help="Registration preset of every atlas to the target."),
     set_: list[str] = SET,
     modality: str = typer.Option("mono", "--modality", help="mono (atlases of the target's modality) | multi | auto."),
@@ -151,9 +153,10 @@ def segment_cmd(
     overrides = parse_overrides(set_)
     with TaskProgress(quiet, "atlases") as progress:
         result = segment(target, table, fusion, preset, overrides, modality, label_channels, scheduler, workers,
-                         threads_per_worker, seed, on_start=progress.start, on_atlas=progress.done)
+                         threads_per_worker, seed, select, on_start=progress.start, on_atlas=progress.done)
     paths = result.save(output, inputs)
-    console.print(f"{len(table) - len(result.failed)} of {len(table)} atlases fused ({fusion}) -> {paths['labels']} "
+    fused = sum(1 for a in result.atlases if a["status"] == "ok" and a.get("selected", True))
+    console.print(f"{fused} of {len(table)} atlases fused ({fusion}) -> {paths['labels']} "
                   f"(confidence: {paths['confidence'].name}; {result.seconds:.1f} s)")
     if result.failed:
         raise typer.Exit(SOME_ROWS_FAILED)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from morphreg.core.files import atomic_path, complete_output, output_folder
 from morphreg.population.cluster import as_finished, dask_client, dashboard, recorded, set_threads
-from morphreg.population.tables import read_table
+from morphreg.core.tables import read_table
 
 COLUMNS = ("id", "fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask", "fixed_landmarks",
            "moving_landmarks")

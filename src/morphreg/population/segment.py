@@ -24,7 +24,7 @@ from morphreg.errors import MorphregError
 from morphreg.image.image import Image
 from morphreg.population.cluster import as_finished, dask_client, dashboard, recorded, set_threads
 from morphreg.population.fusion import FUSIONS, fuse, label_map, local_weights
-from morphreg.population.tables import read_table
+from morphreg.core.tables import read_table
 
 @dataclass
 class Atlas:
@@ -46,7 +46,9 @@ def register_atlas(atlas: Atlas, target: str, preset: str = "default", overrides
                    threads: int = 1, seed: int = 0) -> dict:
     """Register one atlas to the target and warp its labels onto the target grid (runs in a worker).
     Never raises for a bad atlas: ``{"id", "status", "error", "seconds", "final_metric", "folding_percent",
-    "labels": (*shape) int16 array, "weights": (*shape) float32 array when ``weighted``}``."""
+    "similarity", "labels": (*shape) int16 array, "weights": (*shape) float32 array when ``weighted``}``;
+    ``similarity`` is the mean vote weight over the target grid (:func:`local_weights`), the score of
+    atlas selection."""
     record: dict = {"id": atlas.id, "status": "failed", "error": None}
     with recorded(record):
         set_threads(threads)
@@ -57,9 +59,10 @@ def register_atlas(atlas: Atlas, target: str, preset: str = "default", overrides
         labels = label_map(read_image(atlas.labels, labels=True), label_channels)
         result = register(target, atlas.image, preset, modality=modality, seed=seed, **(overrides or {}))
         warped = warp(labels, result.transform, result.fixed.grid, "label")
+        weights = local_weights(result.fixed, result.warped)
         if weighted:
-            record["weights"] = local_weights(result.fixed, result.warped).numpy().astype(np.float32)
-        record.update(status="ok", final_metric=result.final_metric, folding_percent=result.folding_percent,
+            record["weights"] = weights.numpy().astype(np.float32)
+        record.update(status="ok", similarity=float(weights.mean()), final_metric=result.final_metric, folding_percent=result.folding_percent,
                       labels=warped.data[0].numpy().astype(np.int16))
     return record
 
@@ -113,8 +116,12 @@ def segmentation_paths(path: str | Path) -> dict[str, Path]:
 def segment(target: str | Path, atlases: str | Path | list[Atlas], fusion: str = "majority", preset: str = "default",
             overrides: dict | None = None, modality: str = "mono", label_channels: str | None = None,
             scheduler: str = "local", workers: int = 1, threads_per_worker: int = 1, seed: int = 0,
-            keep_warped: bool = False, on_start=None, on_atlas=None) -> Segmentation:
+            select: int | None = None, keep_warped: bool = False, on_start=None, on_atlas=None) -> Segmentation:
     """Segment ``target`` (a path) with the atlases (a table path or :class:`Atlas` list) on Dask.
+
+    ``select``: fuse only the ``select`` atlases that match the target best after registration (highest
+    ``similarity``, the mean local-NCC vote weight; atlas selection as in Aljabar et al., NeuroImage
+    2009); the records of the others say ``"selected": false``.
 
     ``modality`` defaults to "mono": atlases and target are normally one modality, and the automatic
     detection calls some inter-subject MR pairs multimodal (prostate obs005 vs obs050). Atlases that
@@ -150,6 +157,12 @@ def segment(target: str | Path, atlases: str | Path | list[Atlas], fusion: str =
     if not maps:
         raise MorphregError(f"no atlas could be registered (first error: {ordered[0]['error']})", target)
     ids = [a.id for a in atlases if a.id in maps]
+    if select is not None:
+        if select < 1:
+            raise MorphregError(f"select must be at least 1, not {select}")
+        ids = sorted(ids, key=lambda i: -records[i]["similarity"])[:select]
+        for a in atlases:
+            records[a.id]["selected"] = a.id in ids
     fused, confidence = fuse([maps[i] for i in ids], grid, fusion, [weights[i] for i in ids] if weights else None)
     warped = {i: Image(maps[i], grid, name=f"atlas {i} (warped labels)") for i in ids} if keep_warped else {}
     return Segmentation(Image(fused, grid, name=f"{target} (segmentation)"), Image(confidence, grid), fusion, ordered,

@@ -219,29 +219,39 @@ class _Run:
         return self.result(prior, records)
 
     def result(self, prior: Prior, records: list) -> Result:
-        transform, inverse = prior.transform, prior.inverse
-        fixed, moving = self.inputs.fixed, self.inputs.moving
-        if transform is None:
+        if prior.transform is None:
             raise MorphregError("the preset has no stage")
-        transform.freeze()
-        if inverse is not None:
-            inverse.freeze()
-        t_warp = time.perf_counter()
-        with torch.no_grad():  # T's points of the fixed grid, once: the warp, the checks and the saved field
-            mapped = transform.map_grid(fixed.grid, dtype=torch.float64, device=moving.data.device)
-            warped = warp(moving, transform, fixed.grid, "linear", mapped=mapped)
-            quality = assess(transform, inverse, fixed.grid, self.inputs.fixed_mask, mapped)
-            displacement = torch.movedim(mapped - fixed.grid.points(dtype=torch.float64, device=mapped.device), -1, 1)
-            displacement = displacement.float().cpu()  # what the file stores: half the memory, off the GPU
-            del mapped
-        warnings = merge_warnings(stage_warnings(records), quality_warnings(quality, float(np.max(fixed.grid.spacing))))
-        times = {"io_s": self.t_io, "stages_s": [sum(r.seconds or [0.0]) for r in records],
-                 "warp_s": time.perf_counter() - t_warp, "total_s": time.perf_counter() - self.t_start}
-        final = next((r.final_objective for r in reversed(records) if not r.diverged and r.final_objective is not None), None)
-        return Result(transform=transform, inverse=inverse, warped=warped, fixed=fixed, moving=moving, stages=records,
-                      timings=times, preset=self.preset_name, modality=self.modality, final_metric=final,
-                      fixed_path=self.fixed_path, moving_path=self.moving_path, quality=quality, warnings=warnings,
-                      displacement=displacement)
+        return build_result(prior.transform, prior.inverse, self.inputs.fixed, self.inputs.moving, records,
+                            self.preset_name, self.modality, fixed_mask=self.inputs.fixed_mask,
+                            fixed_path=self.fixed_path, moving_path=self.moving_path, t_io=self.t_io,
+                            t_start=self.t_start)
+
+
+def build_result(transform: Transform, inverse: Transform | None, fixed: Image, moving: Image, records: list,
+                 preset: str, modality: str, *, fixed_mask: Image | None = None, fixed_path: str | None = None,
+                 moving_path: str | None = None, t_io: float = 0.0, t_start: float | None = None) -> Result:
+    """The :class:`Result` of a fixed -> moving transform, however it was found (stages of the registry,
+    a network): freezes it, warps the moving image, assesses det J / largest displacement / inverse
+    consistency, and computes the saved displacement field, all from one float64 mapping of the fixed grid."""
+    t_start = time.perf_counter() if t_start is None else t_start
+    transform.freeze()
+    if inverse is not None:
+        inverse.freeze()
+    t_warp = time.perf_counter()
+    with torch.no_grad():  # T's points of the fixed grid, once: the warp, the checks and the saved field
+        mapped = transform.map_grid(fixed.grid, dtype=torch.float64, device=moving.data.device)
+        warped = warp(moving, transform, fixed.grid, "linear", mapped=mapped)
+        quality = assess(transform, inverse, fixed.grid, fixed_mask, mapped)
+        displacement = torch.movedim(mapped - fixed.grid.points(dtype=torch.float64, device=mapped.device), -1, 1)
+        displacement = displacement.float().cpu()  # what the file stores: half the memory, off the GPU
+        del mapped
+    warnings = merge_warnings(stage_warnings(records), quality_warnings(quality, float(np.max(fixed.grid.spacing))))
+    times = {"io_s": t_io, "stages_s": [sum(r.seconds or [0.0]) for r in records],
+             "warp_s": time.perf_counter() - t_warp, "total_s": time.perf_counter() - t_start}
+    final = next((r.final_objective for r in reversed(records) if not r.diverged and r.final_objective is not None), None)
+    return Result(transform=transform, inverse=inverse, warped=warped, fixed=fixed, moving=moving, stages=records,
+                  timings=times, preset=preset, modality=modality, final_metric=final, fixed_path=fixed_path,
+                  moving_path=moving_path, quality=quality, warnings=warnings, displacement=displacement)
 
 
 def _inverse_of(transform: Transform | None, grid) -> Transform | None:

@@ -78,16 +78,19 @@ def scaling_and_squaring(velocity: torch.Tensor, grid: Grid, steps: int = 7) -> 
 
 
 class StationaryVelocityFieldTransform(Transform):
-    """T = exp(v): diffeomorphic, integrated by scaling and squaring; exact inverse exp(-v)."""
+    """T = exp(v): diffeomorphic, integrated by scaling and squaring; exact inverse exp(-v).
 
-    def __init__(self, velocity: torch.Tensor, grid: Grid, steps: int = 7):
+    ``parameter=False`` keeps ``velocity`` as given (e.g. a network's output, so gradients flow back
+    to the network) instead of making it the transform's own optimisable Parameter."""
+
+    def __init__(self, velocity: torch.Tensor, grid: Grid, steps: int = 7, parameter: bool = True):
         super().__init__()
         if velocity.dim() == grid.dim + 1:
             velocity = velocity.unsqueeze(0)
         self.dim = grid.dim
         self.grid = grid
         self.steps = int(steps)
-        self.velocity = nn.Parameter(velocity.float())
+        self.velocity = nn.Parameter(velocity.float()) if parameter else velocity.float()
         self._exp: tuple | None = None  # (key, exp(v) - id) of a frozen transform
 
     def domain(self) -> Grid:

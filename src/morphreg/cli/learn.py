@@ -1,0 +1,68 @@
+"""``morphreg train CONFIG -o RUN`` and ``morphreg predict MODEL FIXED MOVING -o OUT`` (see morphreg.learn)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(soft_wrap=True)
+
+
+def train_cmd(
+    config: Path = typer.Argument(..., help="Training config (YAML: data, model, loss, train; the keys and their "
+                                  "defaults are in morphreg/learn/config.py and the README)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Run folder: config.yaml, metrics.csv, checkpoint.pt, "
+                                "model.pt, loss_curve.png."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT from its last checkpoint (same "
+                                "next batch and loss); train.steps may be raised."),
+    set_: list[str] = typer.Option(None, "--set", help="Change a config key, repeatable: SECTION.KEY=VALUE (YAML), "
+                                   "e.g. --set train.steps=500 --set train.device=cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a registration network (unsupervised and/or weakly supervised) with the engine's loss terms."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from morphreg.learn.config import load_config
+    from morphreg.learn.train import Trainer
+
+    trainer = Trainer(load_config(config, set_), output, resume)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console, disable=quiet)
+    with progress:
+        task = progress.add_task("training", total=trainer.config.train.steps, completed=trainer.step, status="")
+
+        def on_step(step: int, row: dict) -> None:
+            status = f"loss {row['loss']:.4g}" + (f", val Dice {row['val_dice']:.3f}" if row.get("val_dice") == row.get("val_dice")
+                                                 and "val_dice" in row else "")
+            progress.update(task, completed=step, status=status)
+
+        report = trainer.fit(on_step)
+    last = report.last
+    console.print(f"{report.steps} steps{' (stopped early)' if report.stopped_early else ''} -> {output / 'model.pt'} "
+                  f"({report.seconds:.0f} s; last loss {last.get('loss', float('nan')):.4g})")
+
+
+def predict_cmd(
+    model: Path = typer.Argument(..., help="A model file (model.pt of 'morphreg train')."),
+    fixed: Path = typer.Argument(..., help="Fixed (reference) image."),
+    moving: Path = typer.Argument(..., help="Moving image."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder (as 'morphreg register' writes it)."),
+    instance_optimization: int = typer.Option(0, "--instance-optimization", min=0, help="Refine the network's transform "
+                                              "with this many classical iterations of its training loss."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    report: bool = typer.Option(False, "--report", help="Also write OUT/report.html."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Accepted for symmetry with register (nothing to hide)."),
+) -> None:
+    """Register MOVING onto FIXED with a trained network; writes the same files as 'morphreg register'."""
+    from morphreg.cli.register import print_outcome
+    from morphreg.core.files import output_folder
+    from morphreg.learn.predict import predict
+    from morphreg.report import build_report
+
+    with output_folder(output, [model, fixed, moving]) as folder:
+        result = predict(model, fixed, moving, instance_optimization, device)
+        result.write(folder)
+        if report:
+            build_report(folder, folder / "report.html")
+    print_outcome(result, output, report)

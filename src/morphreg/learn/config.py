@@ -1,0 +1,184 @@
+"""The training configuration: a YAML file with the sections ``data``, ``model``, ``loss``, ``train``,
+validated before anything runs (an unknown key or a wrong type is a one-line error naming it) and
+saved in the run folder. ``--set section.key=VALUE`` (VALUE is YAML) changes one key.
+
+Every key, its type and default is a field below; ``morphreg train --help`` points here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from morphreg.errors import MorphregError
+
+
+@dataclass
+class DataConfig:
+    pairs: str = ""  # CSV: fixed, moving [, fixed_labels, moving_labels, fixed_mask, moving_mask, id]; relative to the CSV
+    val_pairs: str | None = None  # same columns; validated every train.validate_every steps
+    label_channels: str | None = None  # label channels / values that the labels term and validation use, e.g. "0"
+    workers: int = 0  # worker processes that load and resample the pairs (0: in this process)
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 3
+    kind: str = "svf"  # svf (diffeomorphic) | displacement
+    size: list[int] = field(default_factory=lambda: [64, 64, 64])  # model grid points, x y [z]; divisible by 2**levels
+    spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])  # model grid spacing, mm
+    encoder: list[int] = field(default_factory=lambda: [16, 32, 32, 32])
+    decoder: list[int] = field(default_factory=lambda: [32, 32, 32, 16])
+    steps: int = 7  # scaling and squaring steps (svf)
+    percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])  # intensity normalisation
+
+
+@dataclass
+class LossConfig:
+    similarity: str | None = "lncc"  # any engine similarity (morphreg.metrics.SIMILARITIES), or null
+    similarity_weight: float = 1.0
+    similarity_params: dict = field(default_factory=dict)
+    labels: float = 0.0  # weight of 1 - soft Dice of the warped labels (weak supervision)
+    penalties: list[dict] = field(default_factory=lambda: [{"name": "diffusion", "weight": 1.0}])  # engine penalties
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 1
+    lr: float = 1e-4
+    lr_schedule: str = "constant"  # constant | cosine
+    device: str = "cpu"
+    seed: int = 0
+    threads: int | None = None  # torch threads (default: torch's)
+    checkpoint_every: int = 100
+    validate_every: int = 100
+    patience: int | None = None  # early stopping: validations without improvement of the validation loss
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_value(value, kind, where: str):
+    """``value`` as type ``kind`` (ints accepted as floats), else a one-line error naming ``where``."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _check_value(value, next(a for a in args if a is not type(None)), where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise MorphregError(f"{where} must be a list, not {value!r}")
+        return [_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, float, str, bool, dict) and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+        raise MorphregError(f"{where} must be {kind.__name__}, not {value!r}")
+    return value
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise MorphregError(f"{where or 'the config'} must be a mapping, not {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise MorphregError(f"unknown key {where + '.' if where else ''}{unknown[0]} (valid: {', '.join(names)})")
+    kwargs = {}
+    for name, value in values.items():
+        kind = hints[name]
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _build(kind, value, key) if dataclasses.is_dataclass(kind) else _check_value(value, kind, key)
+    return cls(**kwargs)
+
+
+def apply_sets(values: dict, items: list[str] | None) -> dict:
+    """``--set section.key=VALUE`` items (VALUE is YAML) applied to the raw config mapping."""
+    import yaml
+
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) < 2:
+            raise MorphregError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.steps=500")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise MorphregError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
+        node = values
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise MorphregError(f"--set {item!r}: {part} is not a section")
+        node[parts[-1]] = value
+    return values
+
+
+def load_config(path: str | Path | None = None, sets: list[str] | None = None, base: Path | None = None) -> RunConfig:
+    """The validated config of a YAML file (or the defaults) with ``--set`` items applied. Relative data
+    paths are made absolute against the config file's folder (or ``base``)."""
+    import yaml
+
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise MorphregError(f"cannot read the config ({exc.strerror or exc})", path) from None
+        except yaml.YAMLError as exc:
+            raise MorphregError(f"not valid YAML: {str(exc).splitlines()[0]}", path) from None
+    try:
+        config = _build(RunConfig, apply_sets(values, sets), "")
+    except MorphregError as exc:
+        raise MorphregError(exc.problem, path) from None
+    root = base or (path.parent if path is not None else Path.cwd())
+    for key in ("pairs", "val_pairs"):
+        value = getattr(config.data, key)
+        if value:
+            setattr(config.data, key, str((root / value).resolve()))
+    _check_meaning(config, path)
+    return config
+
+
+def _check_meaning(config: RunConfig, path) -> None:
+    from morphreg.learn.model import FIELD_KINDS
+    from morphreg.metrics import SIMILARITIES
+    from morphreg.regularizers.penalties import PENALTIES
+
+    m, loss, t = config.model, config.loss, config.train
+    problems = []
+    if not config.data.pairs:
+        problems.append("data.pairs is required (a CSV of training pairs)")
+    if m.dim not in (2, 3) or len(m.size) != m.dim or len(m.spacing) != m.dim:
+        problems.append(f"model.dim must be 2 or 3 and model.size / model.spacing have dim values ({m.dim})")
+    if m.kind not in FIELD_KINDS:
+        problems.append(f"model.kind must be one of {', '.join(FIELD_KINDS)}, not {m.kind!r}")
+    multiple = 2 ** len(m.encoder)
+    if any(s % multiple for s in m.size) or min(m.spacing, default=1) <= 0 or len(m.decoder) < len(m.encoder):
+        problems.append(f"model.size {m.size} must divide by {multiple} (2 ** len(model.encoder)), model.spacing be "
+                        "positive and model.decoder have at least as many levels as model.encoder")
+    if loss.similarity is not None and loss.similarity not in SIMILARITIES:
+        problems.append(f"loss.similarity {loss.similarity!r} is not one of {', '.join(SIMILARITIES)}")
+    for p in loss.penalties:
+        if not isinstance(p, dict) or p.get("name") not in PENALTIES or set(p) - {"name", "weight", "params"}:
+            problems.append(f"loss.penalties entry {p!r}: {{name: one of {', '.join(PENALTIES)}, weight, params}}")
+    if loss.similarity is None and not loss.labels:
+        problems.append("the loss has no data term: set loss.similarity or loss.labels")
+    if t.steps < 1 or t.batch_size < 1 or t.lr <= 0 or t.checkpoint_every < 1 or t.validate_every < 1:
+        problems.append("train.steps, batch_size, checkpoint_every, validate_every must be >= 1 and train.lr > 0")
+    if t.lr_schedule not in ("constant", "cosine"):
+        problems.append(f"train.lr_schedule must be constant or cosine, not {t.lr_schedule!r}")
+    if problems:
+        raise MorphregError(problems[0], path)

@@ -1,0 +1,158 @@
+"""A registration network and the physical space it works in.
+
+The network never sees an image's voxel grid. :class:`ModelSpace` defines a *model grid*: ``size``
+points (ITK order x, y[, z]) at ``spacing`` mm, centred on the fixed image's centre, axes along the
+fixed image's direction. Both images are resampled onto it (linear, world coordinates: the moving
+image where it lies in the world) and their [low, high] intensity percentiles mapped to [0, 1]. So
+any input size, spacing and orientation works, and training and inference prepare images the same
+way (the space is stored in the model file).
+
+Training works in the *canonical* model grid (same size and spacing, centred on the origin, identity
+direction): the network's field (N, dim, *shape) is in mm along the model axes. At inference the
+vectors are turned by the fixed image's direction, and the field becomes an ordinary morphreg
+Transform (SVF or displacement) on the fixed image's model grid in world mm, which warps onto the
+original fixed grid, saves as ITK files and is evaluated like any classical result.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from morphreg.core.grid import Grid
+from morphreg.errors import MorphregError
+from morphreg.image.image import Image
+from morphreg.learn.networks import FieldHead, UNet
+from morphreg.transforms import Transform
+from morphreg.transforms.dense import DisplacementFieldTransform, StationaryVelocityFieldTransform
+
+MODEL_FORMAT = "morphreg-model"
+MODEL_VERSION = 1
+FIELD_KINDS = ("svf", "displacement")
+
+
+@dataclass
+class ModelSpace:
+    """Where and how a network sees a pair (see the module docstring)."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    percentiles: tuple[float, float] = (1.0, 99.0)
+
+    @property
+    def dim(self) -> int:
+        return len(self.size)
+
+    def grid_for(self, fixed: Grid) -> Grid:
+        """The model grid of a pair: centred on ``fixed``'s centre, along its direction."""
+        return fixed.with_size_about_center(self.size, self.spacing)
+
+    def canonical(self) -> Grid:
+        """The model grid centred on the origin with identity direction (the training frame)."""
+        spacing = np.asarray(self.spacing, np.float64)
+        origin = -(np.asarray(self.size) - 1) / 2 * spacing
+        return Grid(self.size, origin, spacing)
+
+    def prepare(self, image: Image, grid: Grid, labels: bool = False) -> torch.Tensor:
+        """``image`` on ``grid``: (C, *shape) float32; intensities percentile-normalised to [0, 1]
+        (first channel), label stacks as float one-hot channels (linear)."""
+        from morphreg.image.intensity import rescale_intensity
+        from morphreg.image.sampling import sample_onto
+
+        if labels:
+            return sample_onto(image.with_data(image.data.float()), grid, interpolation="linear").data.float()
+        image = image.with_data(image.data[:1].float())
+        low, high = self.percentiles
+        return sample_onto(rescale_intensity(image, low, high), grid).data.float()
+
+
+class RegistrationNet(nn.Module):
+    """U-Net + field head: (fixed, moving) on the canonical model grid -> a field (N, dim, *shape) mm.
+
+    ``kind``: "svf" (stationary velocity, integrated by scaling and squaring: diffeomorphic) or
+    "displacement". Constructed from a plain config (:meth:`config`), so a model file holds no code.
+    """
+
+    def __init__(self, space: ModelSpace, kind: str = "svf", encoder=(16, 32, 32, 32), decoder=(32, 32, 32, 16),
+                 steps: int = 7, scale_mm: float | None = None):
+        super().__init__()
+        if kind not in FIELD_KINDS:
+            raise MorphregError(f"model.kind must be one of {', '.join(FIELD_KINDS)}, not {kind!r}")
+        multiple = 2 ** len(encoder)
+        if any(s % multiple for s in space.size):
+            raise MorphregError(f"model.size {list(space.size)} must divide by {multiple} (2 ** encoder levels)")
+        self.space, self.kind, self.steps = space, kind, int(steps)
+        self.encoder, self.decoder = tuple(encoder), tuple(decoder)
+        # Output unit: a few voxels, so the last layer works in a unit range whatever the spacing.
+        self.scale_mm = float(scale_mm if scale_mm is not None else 4 * max(space.spacing))
+        self.unet = UNet(space.dim, 2, self.encoder, self.decoder)
+        self.head = FieldHead(space.dim, self.unet.out_channels, self.scale_mm)
+        self.grid = space.canonical()
+
+    def config(self) -> dict:
+        return {"space": {k: list(v) for k, v in asdict(self.space).items()}, "kind": self.kind,
+                "encoder": list(self.encoder), "decoder": list(self.decoder), "steps": self.steps,
+                "scale_mm": self.scale_mm}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "RegistrationNet":
+        c = dict(config)
+        space = c.pop("space")
+        return cls(ModelSpace(tuple(space["size"]), tuple(space["spacing"]), tuple(space["percentiles"])), **c)
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """fixed, moving: (N, 1, *shape) on the canonical grid -> field (N, dim, *shape) mm."""
+        return self.head(self.unet(torch.cat([fixed, moving], dim=1)))
+
+    def transform(self, field: torch.Tensor, grid: Grid | None = None) -> Transform:
+        """The transform of a field on ``grid`` (default the canonical grid); differentiable."""
+        grid = grid or self.grid
+        if self.kind == "svf":
+            return StationaryVelocityFieldTransform(field, grid, self.steps, parameter=False)
+        return DisplacementFieldTransform(field, grid, parameter=False)
+
+    @torch.no_grad()
+    def predict(self, fixed: Image, moving: Image) -> Transform:
+        """The fixed -> moving transform of a pair of images (any grids), in world mm."""
+        if fixed.dim != self.space.dim or moving.dim != self.space.dim:
+            raise MorphregError(f"this model registers {self.space.dim}D images, not {fixed.dim}D", moving.name)
+        grid = self.space.grid_for(fixed.grid)
+        device = next(self.parameters()).device
+        f, m = (self.space.prepare(x, grid).unsqueeze(0).to(device) for x in (fixed, moving))
+        field = self(f, m)
+        # Canonical axes -> world axes: the model grid's direction turns every vector.
+        direction = torch.as_tensor(grid.direction, dtype=field.dtype, device=field.device)
+        field = torch.einsum("ij,nj...->ni...", direction, field)
+        return self.transform(field.cpu(), grid).freeze()
+
+
+def save_model(net: RegistrationNet, path: str | Path, card: dict | None = None, preprocessing: dict | None = None) -> Path:
+    """One file: weights + constructor config + model card, loadable with ``weights_only=True``."""
+    from morphreg.core.files import atomic_path
+
+    payload = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "config": net.config(),
+               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "card": card or {}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[RegistrationNet, dict]:
+    """(network in eval mode, model card) of a model file; one-line errors for anything else."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise MorphregError("no such model file", path) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a file that is not a model
+        raise MorphregError(f"not a morphreg model file ({type(exc).__name__})", path) from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise MorphregError("not a morphreg model file", path)
+    if payload.get("version", 0) > MODEL_VERSION:
+        raise MorphregError(f"model file version {payload['version']} is newer than this morphreg reads", path)
+    net = RegistrationNet.from_config(payload["config"])
+    net.load_state_dict(payload["state_dict"])
+    return net.to(device).eval(), payload.get("card", {})
+

@@ -1,0 +1,254 @@
+"""``morphreg train CONFIG.yaml -o RUN``: one trainer for unsupervised and weakly supervised training.
+
+The loss is the engine's (:func:`morphreg.optim.terms.loss_terms`): the same similarities, soft Dice
+and penalties as classical registration, evaluated through the same sampler, logged term by term.
+
+Run folder: ``config.yaml`` (the validated config), ``metrics.csv`` (per step the loss and its terms,
+the learning rate and time; per validation the validation loss, Dice and folding), ``checkpoint.pt``
+(every ``train.checkpoint_every`` steps), ``model.pt`` (the model file, rewritten at each
+checkpoint and at the end), ``loss_curve.png``.
+
+Exact resume: the batch of step s is drawn from a permutation seeded by (seed, epoch of s), nothing
+else is random, and the checkpoint holds the weights, Adam's moments and the scheduler; so
+``--resume`` continues with the same next batch and the same losses as an uninterrupted run (a test
+checks the weights bitwise). Rows of metrics.csv written after the last checkpoint are dropped.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from morphreg.core.differences import mapping_jacobian_determinant
+from morphreg.core.files import atomic_path
+from morphreg.core.sampling import sample
+from morphreg.errors import MorphregError
+from morphreg.learn.config import RunConfig, load_config
+from morphreg.learn.data import collate, load_pairs
+from morphreg.learn.model import ModelSpace, RegistrationNet, save_model
+from morphreg.optim.terms import PenaltyTerm, StageLoss, loss_terms, total
+
+STATE_FILE = "checkpoint.pt"
+
+
+def network_of(config: RunConfig) -> RegistrationNet:
+    m = config.model
+    space = ModelSpace(tuple(m.size), tuple(float(s) for s in m.spacing), tuple(m.percentiles))
+    return RegistrationNet(space, m.kind, m.encoder, m.decoder, m.steps)
+
+
+def stage_loss(config: RunConfig) -> tuple[StageLoss, list[PenaltyTerm]]:
+    loss = config.loss
+    stage = StageLoss(loss.similarity, dict(loss.similarity_params), loss.similarity_weight,
+                      penalties=list(loss.penalties), label_weight=loss.labels)
+    return stage, [PenaltyTerm(p["name"], float(p.get("weight", 1.0)), dict(p.get("params") or {})) for p in loss.penalties]
+
+
+def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: list[PenaltyTerm]):
+    """(named weighted terms, mapped points (N, *shape, dim)) of one batch on the canonical grid."""
+    grid = net.grid
+    field = net(batch["fixed"], batch["moving"])
+    mapped = net.transform(field).map_grid(grid)
+    warped = sample(batch["moving"], grid, mapped)
+    warped_labels = sample(batch["moving_labels"], grid, mapped) if "moving_labels" in batch else None
+    terms = loss_terms(loss, fixed=batch["fixed"], warped=warped, mask=batch.get("fixed_mask"), grid=grid,
+                       fixed_labels=batch.get("fixed_labels"), warped_labels=warped_labels, field=field,
+                       field_grid=grid, penalties=penalties)
+    return terms, mapped, warped_labels
+
+
+@dataclass
+class TrainReport:
+    run: Path
+    steps: int
+    seconds: float
+    last: dict
+    stopped_early: bool = False
+
+
+class Trainer:
+    """Train ``config`` into the folder ``run`` (see the module docstring)."""
+
+    def __init__(self, config: RunConfig, run: str | Path, resume: bool = False):
+        self.config, self.run = config, Path(run)
+        t = config.train
+        if str(t.device).startswith("cuda") and not torch.cuda.is_available():
+            raise MorphregError("train.device is cuda but no CUDA device is available")
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = torch.device(t.device)
+        torch.manual_seed(t.seed)
+        self.net = network_of(config).to(self.device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=t.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.loss, self.penalties = stage_loss(config)
+        self.term_names = [n for n, w in (("similarity", config.loss.similarity and config.loss.similarity_weight),
+                                          ("labels", config.loss.labels)) if w] + list(dict.fromkeys(p.name for p in self.penalties))
+        self.step, self.best, self.bad_validations = 0, math.inf, 0
+        self._prepare_folder(resume)
+        space, data = self.net.space, config.data
+        self.pairs = load_pairs(data.pairs, space, data.label_channels, data.workers)
+        self.val_pairs = load_pairs(data.val_pairs, space, data.label_channels, data.workers) if data.val_pairs else []
+
+    # ----- schedule and data order ----------------------------------------------------------------------
+    def _lr_factor(self, step: int) -> float:
+        if self.config.train.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step, self.config.train.steps) / self.config.train.steps))
+        return 1.0
+
+    def batch_indices(self, step: int) -> list[int]:
+        """The pairs of step ``step``: epochs of a seeded permutation (the same on a resumed run)."""
+        n, size = len(self.pairs), self.config.train.batch_size
+        per_epoch = max(1, n // size)
+        epoch, k = divmod(step, per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.train.seed * 100003 + epoch))
+        return [int(order[(k * size + j) % n]) for j in range(size)]
+
+    # ----- folder, checkpoints ------------------------------------------------------------------------------
+    def _prepare_folder(self, resume: bool) -> None:
+        import yaml
+
+        saved = self.run / "config.yaml"
+        if resume:
+            if not (self.run / STATE_FILE).is_file():
+                raise MorphregError("nothing to resume: no checkpoint.pt in the run folder", self.run)
+            before = load_config(saved, base=Path("/")).to_dict()
+            now = self.config.to_dict()
+            before["train"]["steps"] = now["train"]["steps"]  # a resumed run may go on for longer
+            if before != now:
+                key = next(f"{s}.{k}" for s in now for k in now[s] if now[s][k] != before[s].get(k))
+                raise MorphregError(f"--resume with another config ({key} differs from the run's config.yaml)", self.run)
+            state = torch.load(self.run / STATE_FILE, map_location=self.device, weights_only=True)
+            self.net.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step, self.best, self.bad_validations = int(state["step"]), float(state["best"]), int(state["bad"])
+            self._truncate_metrics()
+        elif self.run.exists() and any(self.run.iterdir()):
+            raise MorphregError("the run folder is not empty: use --resume to continue it, or another folder", self.run)
+        self.run.mkdir(parents=True, exist_ok=True)
+        with atomic_path(saved) as tmp:
+            tmp.write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False), encoding="utf-8")
+
+    def _checkpoint(self) -> None:
+        state = {"step": self.step, "best": self.best, "bad": self.bad_validations, "model": self.net.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        with atomic_path(self.run / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+        save_model(self.net, self.run / "model.pt", card=self.card())
+
+    def card(self) -> dict:
+        return {"config": self.config.to_dict(), "steps": self.step, "best_val_loss": self.best if math.isfinite(self.best) else None}
+
+    @property
+    def columns(self) -> list[str]:
+        return ["step", "loss", *self.term_names, "lr", "seconds", "val_loss", "val_dice", "val_folding_percent"]
+
+    def _truncate_metrics(self) -> None:
+        path = self.run / "metrics.csv"
+        if not path.is_file():
+            return
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        self._write_rows(rows, "w")
+
+    def _write_rows(self, rows: list[dict], mode: str = "a") -> None:
+        path = self.run / "metrics.csv"
+        new = mode == "w" or not path.is_file()
+        with open(path, mode if not new else "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    # ----- the loop ---------------------------------------------------------------------------------------
+    def fit(self, on_step=None) -> TrainReport:
+        """Train until ``train.steps`` (or early stopping); ``on_step(step, row)`` after every step."""
+        t = self.config.train
+        t0 = time.perf_counter()
+        rows: list[dict] = []
+        last: dict = {}
+        stopped = False
+        self.net.train()
+        while self.step < t.steps and not stopped:
+            batch = {k: v.to(self.device) for k, v in collate([self.pairs[i] for i in self.batch_indices(self.step)]).items()}
+            terms, _, _ = batch_loss(self.net, batch, self.loss, self.penalties)
+            loss = total(terms)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            row = {"step": self.step + 1, "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()},
+                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+            self.scheduler.step()
+            self.step += 1
+            if self.val_pairs and (self.step % t.validate_every == 0 or self.step == t.steps):
+                row.update(self.validate())
+                stopped = self._early_stop(row["val_loss"])
+            rows.append(row)
+            last = row
+            if on_step is not None:
+                on_step(self.step, row)
+            if self.step % t.checkpoint_every == 0 or self.step == t.steps or stopped:
+                self._write_rows(rows)
+                rows = []
+                self._checkpoint()
+        self._write_rows(rows)
+        self._checkpoint()
+        self.loss_curve()
+        return TrainReport(self.run, self.step, time.perf_counter() - t0, last, stopped)
+
+    def _early_stop(self, val_loss: float) -> bool:
+        if val_loss < self.best:
+            self.best, self.bad_validations = val_loss, 0
+            return False
+        self.bad_validations += 1
+        return self.config.train.patience is not None and self.bad_validations >= self.config.train.patience
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Mean validation loss, Dice of the warped labels (channels > 0.5) and % of folded points."""
+        self.net.eval()
+        losses, dices, folds = [], [], []
+        for pair in self.val_pairs:
+            batch = {k: v.unsqueeze(0).to(self.device) for k, v in pair.items()}
+            terms, mapped, warped_labels = batch_loss(self.net, batch, self.loss, self.penalties)
+            losses.append(float(total(terms)))
+            if warped_labels is not None:
+                a, b = batch["fixed_labels"] > 0.5, warped_labels > 0.5
+                inter = (a & b).flatten(2).sum(-1).float()
+                size = a.flatten(2).sum(-1).float() + b.flatten(2).sum(-1).float()
+                dices.append(float((2 * inter / size.clamp_min(1)).mean()))
+            det = mapping_jacobian_determinant(torch.movedim(mapped.double(), -1, 1), self.net.grid)
+            folds.append(100.0 * float((det <= 0).double().mean()))
+        self.net.train()
+        mean = lambda v: sum(v) / len(v) if v else math.nan  # noqa: E731
+        return {"val_loss": mean(losses), "val_dice": mean(dices), "val_folding_percent": mean(folds)}
+
+    def loss_curve(self) -> Path | None:
+        """RUN/loss_curve.png: training loss per step and the validation loss."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        path = self.run / "metrics.csv"
+        if not path.is_file():
+            return None
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], lw=0.8, label="training loss")
+        val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r.get("val_loss")]
+        if val:
+            ax.plot(*zip(*val), "o-", label="validation loss")
+        ax.set_xlabel("step")
+        ax.legend()
+        fig.tight_layout()
+        with atomic_path(self.run / "loss_curve.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+        return self.run / "loss_curve.png"

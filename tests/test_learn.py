@@ -1,0 +1,173 @@
+"""Learned registration (issue 13, first part): networks on a physical model grid, the trainer with
+exact resume, model files without pickled code, predict on any grid, the CLI."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from _cli import cli, one_line_error
+from morphreg.data.phantom import make_phantom_pair
+from morphreg.image.grid import Grid
+from morphreg.image.image import Image
+from morphreg.image.io import read_image, write_image
+from morphreg.learn.config import load_config
+from morphreg.learn.data import collate
+from morphreg.learn.model import ModelSpace, RegistrationNet, load_model, save_model
+from morphreg.learn.train import Trainer, batch_loss
+
+CONFIG_2D = """
+data: {pairs: train.csv, val_pairs: val.csv}
+model: {dim: 2, size: [32, 32], spacing: [2.5, 2.5], encoder: [8, 16, 16], decoder: [16, 16, 16, 8]}
+loss: {similarity: mse, labels: 0.5, penalties: [{name: diffusion, weight: 0.1}]}
+train: {steps: 6, batch_size: 2, lr: 0.001, checkpoint_every: 3, validate_every: 3, seed: 1}
+"""
+
+
+def _pairs(folder, dim: int = 2, n: int = 4, size: int = 40):
+    rows = []
+    for i in range(n):
+        p = make_phantom_pair(dim=dim, size=size, spacing=2.0, seed=i, magnitude_mm=5.0)
+        for key, image in [("fixed", p.fixed), ("moving", p.moving), ("fixed_labels", p.fixed_labels),
+                           ("moving_labels", p.moving_labels)]:
+            write_image(image, folder / f"{key}{i}.nii.gz")
+        rows.append({k: f"{k}{i}.nii.gz" for k in ("fixed", "moving", "fixed_labels", "moving_labels")})
+    for name, part in (("train.csv", rows[:-1]), ("val.csv", rows[-1:])):
+        with open(folder / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(part)
+
+
+@pytest.fixture()
+def run_2d(tmp_path, one_thread):
+    _pairs(tmp_path)
+    (tmp_path / "cfg.yaml").write_text(CONFIG_2D)
+    return tmp_path
+
+
+def _training_loss(trainer: Trainer) -> float:
+    with torch.no_grad():
+        terms, _, _ = batch_loss(trainer.net, collate(trainer.pairs), trainer.loss, trainer.penalties)
+    return float(sum(terms.values()))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_training_reduces_the_loss(tmp_path, one_thread, dim):
+    _pairs(tmp_path, dim=dim, n=3, size=40 if dim == 2 else 20)
+    size, spacing = ([32, 32], [2.5, 2.5]) if dim == 2 else ([16, 16, 16], [2.5, 2.5, 2.5])
+    config = load_config(None, [
+        f"data.pairs={tmp_path / 'train.csv'}", f"model.dim={dim}", f"model.size={size}", f"model.spacing={spacing}",
+        "model.encoder=[8,16]", "model.decoder=[16,16,8]", "loss.similarity=mse", "loss.labels=1.0",
+        "train.steps=60", "train.lr=0.003", "train.batch_size=2", "train.checkpoint_every=60"])
+    trainer = Trainer(config, tmp_path / "run")
+    before = _training_loss(trainer)
+    trainer.fit()
+    after = _training_loss(trainer)
+    assert after < 0.8 * before, (before, after)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 60 and {"similarity", "labels", "diffusion"} <= set(rows[0])  # logged term by term
+    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
+
+
+def test_resume_continues_exactly(run_2d):
+    straight = Trainer(load_config(run_2d / "cfg.yaml"), run_2d / "straight")
+    straight.fit()
+    first = Trainer(load_config(run_2d / "cfg.yaml", ["train.steps=3"]), run_2d / "resumed")
+    first.fit()
+    second = Trainer(load_config(run_2d / "cfg.yaml"), run_2d / "resumed", resume=True)
+    assert second.step == 3 and second.batch_indices(3) == straight.batch_indices(3)
+    second.fit()
+    for (name, a), b in zip(straight.net.state_dict().items(), second.net.state_dict().values()):
+        assert torch.equal(a, b), name
+    rows = {name: list(csv.DictReader(open(run_2d / name / "metrics.csv"))) for name in ("straight", "resumed")}
+    assert [r["loss"] for r in rows["straight"]] == [r["loss"] for r in rows["resumed"]]
+
+
+def test_model_file_round_trip_without_pickled_code(tmp_path):
+    torch.manual_seed(0)
+    net = RegistrationNet(ModelSpace((16, 16), (2.0, 2.0)), "displacement", (8, 8), (8, 8, 8))
+    torch.nn.init.normal_(net.head.conv.weight, std=0.05)
+    save_model(net, tmp_path / "m.pt", card={"note": "test"})
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)  # plain tensors and containers only
+    assert payload["config"]["kind"] == "displacement"
+    loaded, card = load_model(tmp_path / "m.pt")
+    assert card == {"note": "test"}
+    pair = make_phantom_pair(dim=2, size=30, spacing=1.5, seed=0)
+    a, b = net.eval().predict(pair.fixed, pair.moving), loaded.predict(pair.fixed, pair.moving)
+    points = pair.fixed.grid.points()
+    assert torch.equal(a.points(points), b.points(points)) and not torch.allclose(a.points(points), points)
+
+
+def _oblique(image: Image, angle_deg: float) -> Image:
+    c, s = np.cos(np.deg2rad(angle_deg)), np.sin(np.deg2rad(angle_deg))
+    rotation = np.array([[c, -s], [s, c]])
+    g = image.grid
+    return Image(image.data, Grid(g.size, rotation @ g.origin, g.spacing, rotation @ g.direction), image.name)
+
+
+def test_prediction_follows_the_fixed_image_in_world_space(tmp_path):
+    # Odd sizes, oblique directions: the model grid follows the fixed image, so turning both images in
+    # the world turns the predicted transform with them: T_R(R p) = R T(p).
+    torch.manual_seed(0)
+    net = RegistrationNet(ModelSpace((16, 16), (2.0, 2.0)), "svf", (8, 8), (8, 8, 8)).eval()
+    torch.nn.init.normal_(net.head.conv.weight, std=0.5)
+    pair = make_phantom_pair(dim=2, size=37, spacing=1.5, seed=3)
+    fixed = Image(pair.fixed.data[:, :, :33], Grid((33, 37), pair.fixed.grid.origin, (1.5, 1.5)))  # 37 x 33
+    base = net.predict(fixed, pair.moving)
+    turned = net.predict(_oblique(fixed, 30.0), _oblique(pair.moving, 30.0))
+    r = torch.as_tensor(_oblique(fixed, 30.0).grid.direction, dtype=torch.float32)
+    p = fixed.grid.points().reshape(-1, 2)
+    assert (base.points(p) - p).norm(dim=-1).max() > 0.5  # a real deformation
+    torch.testing.assert_close(turned.points(p @ r.T), base.points(p) @ r.T, atol=1e-3, rtol=0)
+
+
+def test_cli_train_resume_predict(run_2d, capfd):
+    code, text, _ = cli(capfd, "train", run_2d / "cfg.yaml", "-o", run_2d / "run", "--set", "train.steps=3", "-q")
+    assert code == 0, text
+    code, _, err = cli(capfd, "train", run_2d / "cfg.yaml", "-o", run_2d / "run")
+    assert code == 2 and "use --resume" in one_line_error(err, "run")
+    code, text, _ = cli(capfd, "train", run_2d / "cfg.yaml", "-o", run_2d / "run", "--resume", "-q")
+    assert code == 0 and "6 steps" in text
+    with open(run_2d / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6] and rows[2]["val_dice"] and rows[5]["val_dice"]
+    out = run_2d / "pred"
+    code, text, _ = cli(capfd, "predict", run_2d / "run" / "model.pt", run_2d / "fixed3.nii.gz",
+                        run_2d / "moving3.nii.gz", "-o", out, "--instance-optimization", "5")
+    assert code == 0, text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preset"].startswith("learned") and summary["folding_percent"] == 0.0
+    # The saved ITK transform reproduces the warped image in SimpleITK.
+    fixed = sitk.ReadImage(str(run_2d / "fixed3.nii.gz"))
+    moving = sitk.ReadImage(str(run_2d / "moving3.nii.gz"))
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped.nii.gz")))
+    theirs = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, sitk.ReadTransform(str(out / "transform.h5")),
+                                                  sitk.sitkLinear, 0.0))
+    assert np.abs(ours - theirs).max() < 1e-3 * np.abs(theirs).max()
+
+
+@pytest.mark.parametrize("change, message", [
+    ("model.foo=1", "unknown key model.foo"), ("train.steps=abc", "train.steps must be int"),
+    ("loss.similarity=nope", "loss.similarity 'nope'"), ("model.size=[30,32]", "must divide by 8")])
+def test_config_errors_are_one_line(run_2d, capfd, change, message):
+    code, _, err = cli(capfd, "train", run_2d / "cfg.yaml", "-o", run_2d / "bad", "--set", change)
+    assert code == 2 and message in one_line_error(err, "cfg.yaml")
+    assert not (run_2d / "bad").exists()
+
+
+def test_predict_refuses_a_file_that_is_not_a_model(run_2d, capfd):
+    code, _, err = cli(capfd, "predict", run_2d / "cfg.yaml", run_2d / "fixed0.nii.gz", run_2d / "moving0.nii.gz",
+                       "-o", run_2d / "p")
+    assert code == 2 and "not a morphreg model file" in one_line_error(err, "cfg.yaml")
+    assert not (run_2d / "p").exists()
+    # The images of a model grid: percentile-normalised and on the model grid around the fixed centre.
+    net = RegistrationNet(ModelSpace((16, 16), (2.0, 2.0)), "svf", (8, 8), (8, 8, 8))
+    fixed = read_image(run_2d / "fixed0.nii.gz")
+    prepared = net.space.prepare(fixed, net.space.grid_for(fixed.grid))
+    assert prepared.shape == (1, 16, 16) and 0.0 <= float(prepared.min()) and float(prepared.max()) <= 1.0
