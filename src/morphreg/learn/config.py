@@ -16,11 +16,28 @@ from morphreg.errors import MorphregError
 
 
 @dataclass
+class AugmentConfig:
+    """Random changes of every training batch (0 = off); see morphreg/learn/augment.py. With
+    loss.endpoint > 0 the spatial ones make the synthetic pairs of supervised training."""
+
+    rotation_deg: float = 0.0  # uniform in +-
+    scale: float = 0.0  # per axis, relative, uniform in +-
+    shift_mm: float = 0.0  # per axis, uniform in +-
+    deformation_mm: float = 0.0  # largest |v| of the random velocity field (drawn up to this)
+    control_mm: float = 20.0  # its smoothness: spacing of the random values
+    noise: float = 0.0  # std of Gaussian noise (intensities are in [0, 1])
+    bias: float = 0.0  # amplitude of a smooth log bias field
+    gamma: float = 0.0  # std of log gamma
+    contrast: float = 0.0  # relative +- of contrast (and half of it as brightness)
+
+
+@dataclass
 class DataConfig:
     pairs: str = ""  # CSV: fixed, moving [, fixed_labels, moving_labels, fixed_mask, moving_mask, id]; relative to the CSV
     val_pairs: str | None = None  # same columns; validated every train.validate_every steps
     label_channels: str | None = None  # label channels / values that the labels term and validation use, e.g. "0"
     workers: int = 0  # worker processes that load and resample the pairs (0: in this process)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -41,6 +58,8 @@ class LossConfig:
     similarity_weight: float = 1.0
     similarity_params: dict = field(default_factory=dict)
     labels: float = 0.0  # weight of 1 - soft Dice of the warped labels (weak supervision)
+    endpoint: float = 0.0  # > 0: supervised on synthetic pairs (moving = fixed through a random map S of
+    #                        data.augment), weight of the mean endpoint error |T(x) - S(x)| in mm
     penalties: list[dict] = field(default_factory=lambda: [{"name": "diffusion", "weight": 1.0}])  # engine penalties
 
 
@@ -174,8 +193,12 @@ def _check_meaning(config: RunConfig, path) -> None:
     for p in loss.penalties:
         if not isinstance(p, dict) or p.get("name") not in PENALTIES or set(p) - {"name", "weight", "params"}:
             problems.append(f"loss.penalties entry {p!r}: {{name: one of {', '.join(PENALTIES)}, weight, params}}")
-    if loss.similarity is None and not loss.labels:
-        problems.append("the loss has no data term: set loss.similarity or loss.labels")
+    if loss.similarity is None and not loss.labels and not loss.endpoint:
+        problems.append("the loss has no data term: set loss.similarity, loss.labels or loss.endpoint")
+    a = config.data.augment
+    if loss.endpoint and not (a.rotation_deg or a.scale or a.shift_mm or a.deformation_mm):
+        problems.append("loss.endpoint (supervised training) needs random maps: set data.augment.deformation_mm "
+                        "(or rotation_deg, scale, shift_mm)")
     if t.steps < 1 or t.batch_size < 1 or t.lr <= 0 or t.checkpoint_every < 1 or t.validate_every < 1:
         problems.append("train.steps, batch_size, checkpoint_every, validate_every must be >= 1 and train.lr > 0")
     if t.lr_schedule not in ("constant", "cosine"):

@@ -27,6 +27,7 @@ from morphreg.core.differences import mapping_jacobian_determinant
 from morphreg.core.files import atomic_path
 from morphreg.core.sampling import sample
 from morphreg.errors import MorphregError
+from morphreg.learn.augment import change_intensity, random_map, warp_batch
 from morphreg.learn.config import RunConfig, load_config
 from morphreg.learn.data import collate, load_pairs
 from morphreg.learn.model import ModelSpace, RegistrationNet, save_model
@@ -44,8 +45,33 @@ def network_of(config: RunConfig) -> RegistrationNet:
 def stage_loss(config: RunConfig) -> tuple[StageLoss, list[PenaltyTerm]]:
     loss = config.loss
     stage = StageLoss(loss.similarity, dict(loss.similarity_params), loss.similarity_weight,
-                      penalties=list(loss.penalties), label_weight=loss.labels)
+                      penalties=list(loss.penalties), label_weight=loss.labels, endpoint_weight=loss.endpoint)
     return stage, [PenaltyTerm(p["name"], float(p.get("weight", 1.0)), dict(p.get("params") or {})) for p in loss.penalties]
+
+
+def changed_batch(batch: dict, config: RunConfig, grid, gen: torch.Generator) -> dict:
+    """A batch after ``data.augment`` (see morphreg.learn.augment). Supervised (loss.endpoint > 0): the
+    moving image (and labels) become the fixed ones through the inverse of a random map S, and
+    ``batch["target"]`` = S(x) on the grid. Otherwise each side gets its own random map (image, labels
+    and mask alike). Then the intensities of each image change independently."""
+    a = config.data.augment
+    spatial = {k: getattr(a, k) for k in ("rotation_deg", "scale", "shift_mm", "deformation_mm", "control_mm")}
+    n = batch["fixed"].shape[0]
+    x = grid.points().unsqueeze(0)
+    if config.loss.endpoint:
+        s = random_map(grid, n, gen, **spatial)
+        inverse = s.inverse(x)
+        batch = {**batch, "moving": sample(batch["fixed"], grid, inverse), "target": s.forward(x)}
+        if "fixed_labels" in batch:
+            batch["moving_labels"] = sample(batch["fixed_labels"], grid, inverse)
+    elif a.rotation_deg or a.scale or a.shift_mm or a.deformation_mm:
+        for side in ("fixed", "moving"):
+            points = random_map(grid, n, gen, **spatial).forward(x)
+            batch = warp_batch(batch, (side, f"{side}_labels", f"{side}_mask"), grid, points)
+    if a.noise or a.bias or a.gamma or a.contrast:
+        for side in ("fixed", "moving"):
+            batch[side] = change_intensity(batch[side], grid, gen, a.noise, a.bias, a.gamma, a.contrast)
+    return batch
 
 
 def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: list[PenaltyTerm]):
@@ -57,7 +83,7 @@ def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: li
     warped_labels = sample(batch["moving_labels"], grid, mapped) if "moving_labels" in batch else None
     terms = loss_terms(loss, fixed=batch["fixed"], warped=warped, mask=batch.get("fixed_mask"), grid=grid,
                        fixed_labels=batch.get("fixed_labels"), warped_labels=warped_labels, field=field,
-                       field_grid=grid, penalties=penalties)
+                       field_grid=grid, penalties=penalties, mapped_grid=mapped, target_grid=batch.get("target"))
     return terms, mapped, warped_labels
 
 
@@ -87,7 +113,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.loss, self.penalties = stage_loss(config)
         self.term_names = [n for n, w in (("similarity", config.loss.similarity and config.loss.similarity_weight),
-                                          ("labels", config.loss.labels)) if w] + list(dict.fromkeys(p.name for p in self.penalties))
+                                          ("labels", config.loss.labels), ("endpoint", config.loss.endpoint)) if w]
+        self.term_names += list(dict.fromkeys(p.name for p in self.penalties))
         self.step, self.best, self.bad_validations = 0, math.inf, 0
         self._prepare_folder(resume)
         space, data = self.net.space, config.data
@@ -146,7 +173,8 @@ class Trainer:
 
     @property
     def columns(self) -> list[str]:
-        return ["step", "loss", *self.term_names, "lr", "seconds", "val_loss", "val_dice", "val_folding_percent"]
+        return ["step", "loss", *self.term_names, "lr", "seconds", "val_loss", "val_dice", "val_folding_percent",
+                "val_endpoint_mm"]
 
     def _truncate_metrics(self) -> None:
         path = self.run / "metrics.csv"
@@ -175,7 +203,10 @@ class Trainer:
         stopped = False
         self.net.train()
         while self.step < t.steps and not stopped:
-            batch = {k: v.to(self.device) for k, v in collate([self.pairs[i] for i in self.batch_indices(self.step)]).items()}
+            gen = torch.Generator().manual_seed(t.seed * 1_000_003 + self.step)  # this step's random changes
+            batch = changed_batch(collate([self.pairs[i] for i in self.batch_indices(self.step)]), self.config,
+                                  self.net.grid, gen)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
             terms, _, _ = batch_loss(self.net, batch, self.loss, self.penalties)
             loss = total(terms)
             self.optimizer.zero_grad(set_to_none=True)
@@ -210,11 +241,15 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Mean validation loss, Dice of the warped labels (channels > 0.5) and % of folded points."""
+        """Mean validation loss, Dice of the warped labels (channels > 0.5), % of folded points and, for
+        supervised training, the endpoint error on synthetic pairs (the same maps at every validation)."""
         self.net.eval()
-        losses, dices, folds = [], [], []
-        for pair in self.val_pairs:
-            batch = {k: v.unsqueeze(0).to(self.device) for k, v in pair.items()}
+        losses, dices, folds, endpoints = [], [], [], []
+        for i, pair in enumerate(self.val_pairs):
+            batch = {k: v.unsqueeze(0) for k, v in pair.items()}
+            if self.config.loss.endpoint:
+                batch = changed_batch(batch, self.config, self.net.grid, torch.Generator().manual_seed(10_000_019 + i))
+            batch = {k: v.to(self.device) for k, v in batch.items()}
             terms, mapped, warped_labels = batch_loss(self.net, batch, self.loss, self.penalties)
             losses.append(float(total(terms)))
             if warped_labels is not None:
@@ -224,9 +259,12 @@ class Trainer:
                 dices.append(float((2 * inter / size.clamp_min(1)).mean()))
             det = mapping_jacobian_determinant(torch.movedim(mapped.double(), -1, 1), self.net.grid)
             folds.append(100.0 * float((det <= 0).double().mean()))
+            if "target" in batch:
+                endpoints.append(float((mapped - batch["target"]).norm(dim=-1).mean()))
         self.net.train()
         mean = lambda v: sum(v) / len(v) if v else math.nan  # noqa: E731
-        return {"val_loss": mean(losses), "val_dice": mean(dices), "val_folding_percent": mean(folds)}
+        return {"val_loss": mean(losses), "val_dice": mean(dices), "val_folding_percent": mean(folds),
+                "val_endpoint_mm": mean(endpoints)}
 
     def loss_curve(self) -> Path | None:
         """RUN/loss_curve.png: training loss per step and the validation loss."""

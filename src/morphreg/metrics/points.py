@@ -11,3 +11,10 @@ def landmark_loss(mapped: torch.Tensor, target: torch.Tensor, scale_mm: float = 
     similarity loss of order 1 (the default ``landmark_weight`` of 1 then balances the two).
     """
     return ((mapped - target) ** 2).sum(-1).mean() / scale_mm**2
+
+
+def endpoint_error(mapped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mean |T(x) - S(x)| (mm) over points (and batch): the supervised term when the true map S is known.
+
+    mapped, target: (N, *shape, dim) mm. Not squared: in mm, as users read it (EPE)."""
+    return (mapped - target).norm(dim=-1).mean()

@@ -6,6 +6,7 @@ next, by network training:
     J = w_sim * D(F, M o T)                         "similarity"   (N, C, *spatial) images, mask
       + w_label * (1 - soft Dice(F_lab, M_lab o T))  "labels"       (N, K, *spatial) one-hot / soft
       + w_landmark * mean |T(p) - q|^2 / (10 mm)^2   "landmarks"    (..., K, dim) mm
+      + w_endpoint * mean |T(x) - S(x)| / 1 mm       "endpoint"     (N, *shape, dim) mm, S known (training)
       + sum_i alpha_i * R_i(field of T)              penalty names  (N, dim, *field grid) mm
 
 D is a registered similarity (``morphreg.metrics.SIMILARITIES``; the registry says which need the
@@ -22,7 +23,7 @@ from morphreg.core.grid import Grid
 from morphreg.errors import MorphregError
 from morphreg.metrics.losses import similarity_term
 from morphreg.metrics.overlap import soft_dice_loss
-from morphreg.metrics.points import landmark_loss
+from morphreg.metrics.points import endpoint_error, landmark_loss
 from morphreg.regularizers.penalties import penalty_function
 
 
@@ -57,17 +58,20 @@ class StageLoss:
     label_weight: float = 0.0
     landmark_weight: float = 0.0
     landmark_scale_mm: float = 10.0
+    endpoint_weight: float = 0.0
 
 
 def loss_terms(loss: StageLoss, *, fixed=None, warped=None, mask=None, grid: Grid | None = None,
                fixed_labels=None, warped_labels=None, mapped_points=None, target_points=None,
-               field=None, field_grid: Grid | None = None, penalties: list[PenaltyTerm] = ()) -> dict[str, torch.Tensor]:
+               field=None, field_grid: Grid | None = None, penalties: list[PenaltyTerm] = (),
+               mapped_grid=None, target_grid=None) -> dict[str, torch.Tensor]:
     """The weighted terms of ``loss`` for what is given (a term whose inputs are None is left out).
 
     fixed, warped: (N, C, *spatial) on ``grid``; mask broadcastable to (N, 1, *spatial);
     fixed_labels, warped_labels: (N, K, *spatial) in [0, 1]; mapped_points, target_points: T(p), q
-    (..., K, dim) mm; field: (N, dim, *field_grid.shape) mm, what ``penalties`` act on.
-    Returns: {"similarity", "labels", "landmarks", <penalty name>...}: scalar tensors.
+    (..., K, dim) mm; field: (N, dim, *field_grid.shape) mm, what ``penalties`` act on;
+    mapped_grid, target_grid: T(x) and the true S(x) on a grid, (N, *shape, dim) mm.
+    Returns: {"similarity", "labels", "landmarks", "endpoint", <penalty name>...}: scalar tensors.
     """
     terms: dict[str, torch.Tensor] = {}
     if loss.similarity is not None and loss.similarity_weight and fixed is not None:
@@ -77,6 +81,8 @@ def loss_terms(loss: StageLoss, *, fixed=None, warped=None, mask=None, grid: Gri
         terms["labels"] = loss.label_weight * soft_dice_loss(fixed_labels, warped_labels)
     if loss.landmark_weight and mapped_points is not None:
         terms["landmarks"] = loss.landmark_weight * landmark_loss(mapped_points, target_points, loss.landmark_scale_mm)
+    if loss.endpoint_weight and target_grid is not None:
+        terms["endpoint"] = loss.endpoint_weight * endpoint_error(mapped_grid, target_grid)
     if field is not None:
         for pen in penalties:  # the same penalty twice (e.g. everywhere and masked) adds up under its name
             value = pen(field, field_grid)
@@ -92,4 +98,4 @@ def total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
     return out
 
 
-DATA_TERMS = ("similarity", "labels", "landmarks")
+DATA_TERMS = ("similarity", "labels", "landmarks", "endpoint")

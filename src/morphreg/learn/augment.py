@@ -1,0 +1,105 @@
+"""Random spatial and intensity changes of training batches, on the canonical model grid (centred on the
+origin, so rotations and scalings turn about the image centre), 2D and 3D.
+
+A random spatial map is S(x) = A (x + u(x)) + t with u the displacement of exp(v), v a smooth random
+velocity (coarse noise at ``control_mm`` spacing, interpolated, largest |v| drawn up to
+``deformation_mm``), A a random rotation and scaling, t a random shift. Its exact inverse is
+S^-1(y) = z + u_-(z), z = A^-1 (y - t), u_- the displacement of exp(-v). Everything is drawn from the
+generator given, so a step's changes depend on (seed, step) only and ``--resume`` repeats them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from morphreg.core.grid import Grid
+from morphreg.core.sampling import sample
+from morphreg.transforms.dense import sample_field, scaling_and_squaring
+
+
+@dataclass
+class RandomMap:
+    """A batch of random spatial maps (see the module docstring)."""
+
+    grid: Grid
+    matrix: torch.Tensor  # (N, dim, dim)
+    shift: torch.Tensor  # (N, dim) mm
+    velocity: torch.Tensor  # (N, dim, *shape) mm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """S(x) for points (N|1, *shape, dim) on the grid's domain."""
+        u = sample_field(scaling_and_squaring(self.velocity, self.grid), self.grid, x.expand(len(self.matrix), *x.shape[1:]),
+                         fill_value=None)
+        return torch.einsum("nij,n...j->n...i", self.matrix, x + u) + self.shift.view(-1, *[1] * (x.dim() - 2), x.shape[-1])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """S^-1(y) for points (N|1, *shape, dim)."""
+        z = torch.einsum("nij,n...j->n...i", torch.linalg.inv(self.matrix), y - self.shift.view(-1, *[1] * (y.dim() - 2), y.shape[-1]))
+        u = sample_field(scaling_and_squaring(-self.velocity, self.grid), self.grid, z, fill_value=None)
+        return z + u
+
+
+def rotation(angles: torch.Tensor, dim: int) -> torch.Tensor:
+    """(N, dim, dim) rotation matrices: 2D one angle, 3D Euler angles about x, y, z (radians)."""
+    c, s = angles.cos(), angles.sin()
+    if dim == 2:
+        return torch.stack([torch.stack([c[:, 0], -s[:, 0]], -1), torch.stack([s[:, 0], c[:, 0]], -1)], 1)
+    one, zero = torch.ones_like(c[:, 0]), torch.zeros_like(c[:, 0])
+    rx = torch.stack([torch.stack([one, zero, zero], -1), torch.stack([zero, c[:, 0], -s[:, 0]], -1),
+                      torch.stack([zero, s[:, 0], c[:, 0]], -1)], 1)
+    ry = torch.stack([torch.stack([c[:, 1], zero, s[:, 1]], -1), torch.stack([zero, one, zero], -1),
+                      torch.stack([-s[:, 1], zero, c[:, 1]], -1)], 1)
+    rz = torch.stack([torch.stack([c[:, 2], -s[:, 2], zero], -1), torch.stack([s[:, 2], c[:, 2], zero], -1),
+                      torch.stack([zero, zero, one], -1)], 1)
+    return rz @ ry @ rx
+
+
+def smooth_noise(grid: Grid, n: int, channels: int, control_mm: float, gen: torch.Generator) -> torch.Tensor:
+    """(N, channels, *shape) smooth random values in about [-1, 1]: noise on a coarse lattice of
+    ``control_mm`` spacing, interpolated (cubic in 2D, linear in 3D) onto the grid."""
+    coarse = [max(2, math.ceil(e / control_mm) + 1) for e in reversed(grid.extent.tolist())]
+    noise = torch.rand((n, channels, *coarse), generator=gen) * 2 - 1
+    mode = "bicubic" if grid.dim == 2 else "trilinear"
+    return F.interpolate(noise, size=grid.shape, mode=mode, align_corners=True)
+
+
+def random_map(grid: Grid, n: int, gen: torch.Generator, rotation_deg: float = 0.0, scale: float = 0.0,
+               shift_mm: float = 0.0, deformation_mm: float = 0.0, control_mm: float = 20.0) -> RandomMap:
+    dim = grid.dim
+    angles = (torch.rand((n, 1 if dim == 2 else 3), generator=gen) * 2 - 1) * math.radians(rotation_deg)
+    scales = 1 + (torch.rand((n, dim), generator=gen) * 2 - 1) * scale
+    matrix = rotation(angles, dim) @ torch.diag_embed(scales)
+    shift = (torch.rand((n, dim), generator=gen) * 2 - 1) * shift_mm
+    velocity = torch.zeros((n, dim, *grid.shape))
+    if deformation_mm > 0:
+        v = smooth_noise(grid, n, dim, control_mm, gen)
+        largest = v.flatten(2).norm(dim=1).amax(-1).clamp_min(1e-6).view(n, 1, *[1] * dim)
+        velocity = v / largest * deformation_mm * torch.rand((n, 1, *[1] * dim), generator=gen)
+    return RandomMap(grid, matrix, shift, velocity)
+
+
+def change_intensity(x: torch.Tensor, grid: Grid, gen: torch.Generator, noise: float = 0.0, bias: float = 0.0,
+                     gamma: float = 0.0, contrast: float = 0.0) -> torch.Tensor:
+    """(N, 1, *shape) intensities in about [0, 1]: random gamma, smooth multiplicative bias field,
+    contrast / brightness, Gaussian noise (each off when its amplitude is 0)."""
+    n = x.shape[0]
+    view = (n, 1, *[1] * grid.dim)
+    if gamma:
+        x = x.clamp_min(0) ** torch.exp(torch.randn(view, generator=gen) * gamma)
+    if bias:
+        x = x * torch.exp(smooth_noise(grid, n, 1, float(grid.extent.max()) / 2, gen) * bias)
+    if contrast:
+        a = 1 + (torch.rand(view, generator=gen) * 2 - 1) * contrast
+        c = (torch.rand(view, generator=gen) * 2 - 1) * contrast / 2
+        x = a * x + c
+    if noise:
+        x = x + torch.randn(x.shape, generator=gen) * noise
+    return x
+
+
+def warp_batch(batch: dict, keys: tuple[str, ...], grid: Grid, points: torch.Tensor) -> dict:
+    """The entries ``keys`` of a batch sampled at points (N, *shape, dim) (labels and masks linearly)."""
+    return {**batch, **{k: sample(batch[k], grid, points) for k in keys if k in batch}}
