@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -205,3 +208,18 @@ def test_random_maps_invert_exactly_for_rigid_and_closely_for_deformations():
     smooth = random_map(grid, 3, torch.Generator().manual_seed(0), deformation_mm=3, control_mm=15)
     moved = (smooth.forward(x) - x).norm(dim=-1)
     assert float(moved.max()) > 0.5 and float((smooth.inverse(smooth.forward(x)) - x).norm(dim=-1).max()) < 0.5
+
+
+def test_two_gloo_processes_train_like_one_process_with_the_global_batch(run_2d):
+    # torchrun, 2 CPU processes x batch 1 (DDP averages the gradients) == 1 process x batch 2.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "morphreg", "train", str(run_2d / "cfg.yaml"), "-o", str(run_2d / "ddp"),
+                          "--set", "train.batch_size=1", "-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert ddp.stdout.count("6 steps") == 1  # process 0 reports
+    single = Trainer(load_config(run_2d / "cfg.yaml", ["train.batch_size=2"]), run_2d / "single")
+    single.fit()
+    weights = torch.load(run_2d / "ddp" / "model.pt", weights_only=True)["state_dict"]
+    for name, value in single.net.state_dict().items():
+        torch.testing.assert_close(weights[name], value, atol=1e-6, rtol=1e-5)

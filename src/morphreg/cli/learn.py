@@ -20,7 +20,8 @@ def train_cmd(
                                    "e.g. --set train.steps=500 --set train.device=cuda."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train a registration network (unsupervised and/or weakly supervised) with the engine's loss terms."""
+    """Train a registration network (unsupervised, weakly supervised or supervised on synthetic pairs) with
+    the engine's loss terms. On several GPUs or nodes: torchrun --nproc_per_node N -m morphreg train ..."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from morphreg.learn.config import load_config
@@ -28,7 +29,8 @@ def train_cmd(
 
     trainer = Trainer(load_config(config, set_), output, resume)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console, disable=quiet)
+                        TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console,
+                        disable=quiet or trainer.rank > 0)  # under torchrun, process 0 reports
     with progress:
         task = progress.add_task("training", total=trainer.config.train.steps, completed=trainer.step, status="")
 
@@ -39,6 +41,8 @@ def train_cmd(
 
         report = trainer.fit(on_step)
     last = report.last
+    if trainer.rank > 0:
+        return
     console.print(f"{report.steps} steps{' (stopped early)' if report.stopped_early else ''} -> {output / 'model.pt'} "
                   f"({report.seconds:.0f} s; last loss {last.get('loss', float('nan')):.4g})")
 

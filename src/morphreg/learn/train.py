@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,17 @@ from morphreg.learn.model import ModelSpace, RegistrationNet, save_model
 from morphreg.optim.terms import PenaltyTerm, StageLoss, loss_terms, total
 
 STATE_FILE = "checkpoint.pt"
+
+
+def _start_distributed(device: str) -> tuple[int, int]:
+    """(rank, world size): joins torchrun's process group when WORLD_SIZE > 1, else (0, 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def network_of(config: RunConfig) -> RegistrationNet:
@@ -74,10 +86,11 @@ def changed_batch(batch: dict, config: RunConfig, grid, gen: torch.Generator) ->
     return batch
 
 
-def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: list[PenaltyTerm]):
-    """(named weighted terms, mapped points (N, *shape, dim)) of one batch on the canonical grid."""
+def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: list[PenaltyTerm], forward=None):
+    """(named weighted terms, mapped points (N, *shape, dim), warped labels) of one batch on the canonical
+    grid; ``forward``: what runs the network (its DistributedDataParallel wrapper), default ``net``."""
     grid = net.grid
-    field = net(batch["fixed"], batch["moving"])
+    field = (forward or net)(batch["fixed"], batch["moving"])
     mapped = net.transform(field).map_grid(grid)
     warped = sample(batch["moving"], grid, mapped)
     warped_labels = sample(batch["moving_labels"], grid, mapped) if "moving_labels" in batch else None
@@ -97,7 +110,13 @@ class TrainReport:
 
 
 class Trainer:
-    """Train ``config`` into the folder ``run`` (see the module docstring)."""
+    """Train ``config`` into the folder ``run`` (see the module docstring).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the processes train one model with torch's
+    DistributedDataParallel (gloo on CPUs, nccl on GPUs, one GPU per process): every process draws
+    the same global batch of ``batch_size x processes`` pairs (and its random changes) and trains on
+    its own slice, DDP averages the gradients, so 2 processes x batch 1 follow 1 process x batch 2.
+    Only process 0 writes the run folder."""
 
     def __init__(self, config: RunConfig, run: str | Path, resume: bool = False):
         self.config, self.run = config, Path(run)
@@ -106,9 +125,18 @@ class Trainer:
             raise MorphregError("train.device is cuda but no CUDA device is available")
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.device = torch.device(t.device)
+        self.rank, self.world = _start_distributed(t.device)
+        device = torch.device(t.device)
+        if device.type == "cuda" and self.world > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = device
         torch.manual_seed(t.seed)
         self.net = network_of(config).to(self.device)
+        self.forward = self.net
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward = DistributedDataParallel(self.net, device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=t.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.loss, self.penalties = stage_loss(config)
@@ -128,8 +156,9 @@ class Trainer:
         return 1.0
 
     def batch_indices(self, step: int) -> list[int]:
-        """The pairs of step ``step``: epochs of a seeded permutation (the same on a resumed run)."""
-        n, size = len(self.pairs), self.config.train.batch_size
+        """The pairs of step ``step`` (all processes'): epochs of a seeded permutation (the same on a
+        resumed run)."""
+        n, size = len(self.pairs), self.config.train.batch_size * self.world
         per_epoch = max(1, n // size)
         epoch, k = divmod(step, per_epoch)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.train.seed * 100003 + epoch))
@@ -157,11 +186,18 @@ class Trainer:
             self._truncate_metrics()
         elif self.run.exists() and any(self.run.iterdir()):
             raise MorphregError("the run folder is not empty: use --resume to continue it, or another folder", self.run)
-        self.run.mkdir(parents=True, exist_ok=True)
-        with atomic_path(saved) as tmp:
-            tmp.write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False), encoding="utf-8")
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # every process has checked the folder before process 0 writes into it
+        if self.rank == 0:
+            self.run.mkdir(parents=True, exist_ok=True)
+            with atomic_path(saved) as tmp:
+                tmp.write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False), encoding="utf-8")
 
     def _checkpoint(self) -> None:
+        if self.rank:
+            return
         state = {"step": self.step, "best": self.best, "bad": self.bad_validations, "model": self.net.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
         with atomic_path(self.run / STATE_FILE) as tmp:
@@ -185,6 +221,8 @@ class Trainer:
         self._write_rows(rows, "w")
 
     def _write_rows(self, rows: list[dict], mode: str = "a") -> None:
+        if self.rank:
+            return
         path = self.run / "metrics.csv"
         new = mode == "w" or not path.is_file()
         with open(path, mode if not new else "w", newline="", encoding="utf-8") as f:
@@ -206,14 +244,16 @@ class Trainer:
             gen = torch.Generator().manual_seed(t.seed * 1_000_003 + self.step)  # this step's random changes
             batch = changed_batch(collate([self.pairs[i] for i in self.batch_indices(self.step)]), self.config,
                                   self.net.grid, gen)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            terms, _, _ = batch_loss(self.net, batch, self.loss, self.penalties)
+            mine = slice(self.rank * t.batch_size, (self.rank + 1) * t.batch_size)
+            batch = {k: v[mine].to(self.device) for k, v in batch.items()}
+            terms, _, _ = batch_loss(self.net, batch, self.loss, self.penalties, self.forward)
             loss = total(terms)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            row = {"step": self.step + 1, "loss": float(loss.detach()), **{k: float(v.detach()) for k, v in terms.items()},
-                   "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+            logged = self._mean_over_processes({"loss": loss, **terms})
+            row = {"step": self.step + 1, **logged, "lr": self.optimizer.param_groups[0]["lr"],
+                   "seconds": time.perf_counter() - t0}
             self.scheduler.step()
             self.step += 1
             if self.val_pairs and (self.step % t.validate_every == 0 or self.step == t.steps):
@@ -231,6 +271,15 @@ class Trainer:
         self._checkpoint()
         self.loss_curve()
         return TrainReport(self.run, self.step, time.perf_counter() - t0, last, stopped)
+
+    def _mean_over_processes(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        stacked = torch.stack([v.detach().float() for v in values.values()])
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(stacked)
+            stacked /= self.world
+        return dict(zip(values, stacked.tolist()))
 
     def _early_stop(self, val_loss: float) -> bool:
         if val_loss < self.best:
@@ -268,6 +317,8 @@ class Trainer:
 
     def loss_curve(self) -> Path | None:
         """RUN/loss_curve.png: training loss per step and the validation loss."""
+        if self.rank:
+            return None
         import matplotlib
 
         matplotlib.use("Agg")
