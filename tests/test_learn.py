@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from morphreg.learn.data import collate
 from morphreg.learn.model import ModelSpace, RegistrationNet, load_model, save_model
 from morphreg.learn.augment import random_map
 from morphreg.learn.train import Trainer, batch_loss, changed_batch
+from morphreg.learn.zoo import shipped_models
 
 CONFIG_2D = """
 data: {pairs: train.csv, val_pairs: val.csv}
@@ -154,6 +156,11 @@ def test_cli_train_resume_predict(run_2d, capfd):
     theirs = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, sitk.ReadTransform(str(out / "transform.h5")),
                                                   sitk.sitkLinear, 0.0))
     assert np.abs(ours - theirs).max() < 1e-3 * np.abs(theirs).max()
+    # register --preset learned: the network alone, the same outputs.
+    code, text, _ = cli(capfd, "register", run_2d / "fixed3.nii.gz", run_2d / "moving3.nii.gz", "-o", run_2d / "reg",
+                        "--preset", "learned", "--model", run_2d / "run" / "model.pt", "-q")
+    assert code == 0 and "the network's transform" in text
+    assert json.loads((run_2d / "reg" / "summary.json").read_text())["preset"] == "learned"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -170,6 +177,10 @@ def test_predict_refuses_a_file_that_is_not_a_model(run_2d, capfd):
                        "-o", run_2d / "p")
     assert code == 2 and "not a morphreg model file" in one_line_error(err, "cfg.yaml")
     assert not (run_2d / "p").exists()
+    code, _, err = cli(capfd, "predict", "no-such-model", run_2d / "fixed0.nii.gz", run_2d / "moving0.nii.gz", "-o", run_2d / "p")
+    assert code == 2 and "no shipped model of that name" in one_line_error(err, "no-such-model")
+    code, text, _ = cli(capfd, "models")
+    assert code == 0 and ("no model is shipped" in text) == (not shipped_models())
     # The images of a model grid: percentile-normalised and on the model grid around the fixed centre.
     net = RegistrationNet(ModelSpace((16, 16), (2.0, 2.0)), "svf", (8, 8), (8, 8, 8))
     fixed = read_image(run_2d / "fixed0.nii.gz")
@@ -223,3 +234,26 @@ def test_two_gloo_processes_train_like_one_process_with_the_global_batch(run_2d)
     weights = torch.load(run_2d / "ddp" / "model.pt", weights_only=True)["state_dict"]
     for name, value in single.net.state_dict().items():
         torch.testing.assert_close(weights[name], value, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.realdata
+def test_prostate_config_trains_and_predict_runs_end_to_end_on_a_real_pair(shared_data, tmp_path, capfd, one_thread):
+    # The shipped example config, pointed at two real pairs for 2 steps: the whole path, not a result.
+    root = shared_data / "prostate_mr_trus"
+    table = tmp_path / "pairs.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["fixed", "moving", "fixed_labels", "moving_labels"])
+        for case in ("obs000", "obs002"):
+            writer.writerow([root / d / f"{case}.nii.gz" for d in ("fixed_images", "moving_images", "fixed_labels",
+                                                                   "moving_labels")])
+    config = Path(__file__).resolve().parents[1] / "configs" / "prostate_mr_trus.yaml"
+    code, text, _ = cli(capfd, "train", config, "-o", tmp_path / "run", "--set", f"data.pairs={table}",
+                        "--set", f"data.val_pairs={table}", "--set", "data.workers=0", "--set", "train.steps=2", "-q")
+    assert code == 0, text
+    out = tmp_path / "pred"
+    code, text, _ = cli(capfd, "predict", tmp_path / "run" / "model.pt", root / "fixed_images" / "obs004.nii.gz",
+                        root / "moving_images" / "obs004.nii.gz", "-o", out)
+    assert code == 0, text
+    warped = read_image(out / "warped.nii.gz")
+    assert warped.grid.same_as(read_image(root / "fixed_images" / "obs004.nii.gz").grid)  # on the TRUS grid

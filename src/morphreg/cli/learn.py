@@ -48,7 +48,8 @@ def train_cmd(
 
 
 def predict_cmd(
-    model: Path = typer.Argument(..., help="A model file (model.pt of 'morphreg train')."),
+    model: Path = typer.Argument(..., help="A model file (model.pt of 'morphreg train') or the name of a shipped "
+                                 "model ('morphreg models')."),
     fixed: Path = typer.Argument(..., help="Fixed (reference) image."),
     moving: Path = typer.Argument(..., help="Moving image."),
     output: Path = typer.Option(..., "-o", "--output", help="Output folder (as 'morphreg register' writes it)."),
@@ -70,3 +71,19 @@ def predict_cmd(
         if report:
             build_report(folder, folder / "report.html")
     print_outcome(result, output, report)
+
+
+def models_cmd() -> None:
+    """The models shipped with morphreg, with their model cards (use the name with predict)."""
+    import json
+
+    from morphreg.learn.model import load_model
+    from morphreg.learn.zoo import shipped_models
+
+    models = shipped_models()
+    if not models:
+        console.print("no model is shipped with this version yet; train one with 'morphreg train'")
+    for name, path in models.items():
+        _, card = load_model(path)
+        console.print(f"[bold]{name}[/] ({path.stat().st_size / 1e6:.1f} MB)")
+        console.print(json.dumps(card.get("summary", card), indent=2)[:2000], highlight=False)

@@ -25,7 +25,10 @@ def register_cmd(
                                     "'multicontrast' (MI, MIND, checked stages) for two contrasts of the same anatomy, "
                                     "'multimodal' (cautious rigid) for images that do not overlay, e.g. ultrasound vs "
                                     "MR; 'labels' when label maps are given) | accurate (default plus a stochastic "
-                                    "full-resolution level; brain T1: about 2.5x default's time). 'morphreg presets list' shows them."),
+                                    "full-resolution level; brain T1: about 2.5x default's time) | learned (a trained network: --model). "
+                                    "'morphreg presets list' shows them."),
+    model: str = typer.Option(None, "--model", help="With --preset learned: a model file or a shipped model's name "
+                              "('morphreg models'); 'morphreg predict' adds instance optimisation."),
     metric: str = typer.Option(None, "--metric", "-m", help="Similarity for every stage: mse ncc lncc ngf mi nmi mind."),
     fixed_mask: Path = typer.Option(None, "--fixed-mask", help="Mask of the fixed image (non-zero = used)."),
     moving_mask: Path = typer.Option(None, "--moving-mask", help="Mask of the moving image."),
@@ -71,8 +74,10 @@ def register_cmd(
     set_threads(threads)
     inputs = [fixed, moving, fixed_mask, moving_mask, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks,
               rigidity_mask, initial_transform, preset_file]
+    if (preset == "learned") != (model is not None):
+        raise MorphregError("--preset learned and --model go together (a model file or a shipped model's name)")
     with output_folder(output, inputs, overwrite) as folder:  # checked and locked before the work starts
-        result = register(
+        result = _learned(model, fixed, moving, device) if model is not None else register(
             fixed, moving, stages, fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_labels=fixed_labels,
             moving_labels=moving_labels, label_weight=label_weight, label_channels=label_channels,
             fixed_landmarks=fixed_landmarks,
@@ -85,6 +90,12 @@ def register_cmd(
         if report:
             _write_report(folder, result, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks)
     print_outcome(result, output, report)
+
+
+def _learned(model: str, fixed: Path, moving: Path, device: str):
+    from morphreg.learn.predict import predict
+
+    return predict(model, fixed, moving, device=device)
 
 
 IMAGE_FORMATS = (".nii.gz", ".nii", ".mha", ".nrrd")
@@ -140,9 +151,12 @@ def print_outcome(result, output: Path, report: bool) -> None:
     last = kept[-1] if kept else None
     if last is not None and isinstance(result.final_metric, (int, float)):
         final = f"final objective ({last.get('similarity', '?')}, lower is better) {result.final_metric:.5g}"
+    elif not result.stages and result.preset.startswith("learned"):
+        final = f"the network's transform ({result.timings.get('network_s', 0.0):.2f} s)"
     else:
         final = "no stage was kept: identity transform" if last is None else f"last stage {last.get('model')}"
-    console.print(f"[bold]{result.preset}[/] ({result.modality}modal) -> {output}: {final}, "
+    modality = f" ({result.modality}modal)" if result.modality in ("mono", "multi") else ""
+    console.print(f"[bold]{result.preset}[/]{modality} -> {output}: {final}, "
                   f"folding {result.folding_percent:.3f} %, {result.timings['total_s']:.1f} s", highlight=False)
     if report:
         console.print(f"report: {output / 'report.html'}", highlight=False)

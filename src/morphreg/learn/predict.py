@@ -14,6 +14,7 @@ import torch
 
 from morphreg.errors import MorphregError
 from morphreg.learn.model import load_model
+from morphreg.learn.zoo import resolve_model
 
 INSTANCE_LR = 0.3  # the svf stage's step of the classical presets
 
@@ -30,7 +31,7 @@ def instance_stage(card: dict, steps: int) -> dict:
 
 
 def predict(model: str | Path, fixed, moving, instance_steps: int = 0, device: str = "cpu", seed: int = 0):
-    """Register ``moving`` to ``fixed`` (paths or Images) with the model file ``model``; with
+    """Register ``moving`` to ``fixed`` (paths or Images) with ``model`` (a file or a shipped model's name); with
     ``instance_steps`` > 0 the network's transform is refined by that many classical iterations."""
     from morphreg.register import register
     from morphreg.register.api import build_result
@@ -39,7 +40,7 @@ def predict(model: str | Path, fixed, moving, instance_steps: int = 0, device: s
     t0 = time.perf_counter()
     if instance_steps < 0:
         raise MorphregError(f"--instance-optimization must be >= 0, not {instance_steps}")
-    net, card = load_model(model, device)
+    net, card = load_model(resolve_model(model), device)
     fixed_path = str(fixed) if isinstance(fixed, (str, Path)) else None
     moving_path = str(moving) if isinstance(moving, (str, Path)) else None
     fixed = intensity_image(load_image(fixed, "fixed image", labels=False), "fixed")
