@@ -32,8 +32,8 @@ def one(kind: str, size: int, device: str, threads: int, steps: int) -> dict:
     times = []
     for _ in range(steps + 1):  # the first step warms up
         t0 = time.perf_counter()
-        field = net(f, m)
-        mapped = net.transform(field).map_grid(net.grid, device=device)
+        field, matrix, shift = net(f, m)
+        mapped = net.mapped(field, matrix, shift)
         loss = (mapped - net.grid.points(device=device)).pow(2).mean() + field.pow(2).mean()
         optimizer.zero_grad()
         loss.backward()

@@ -62,14 +62,15 @@ def _training_loss(trainer: Trainer) -> float:
     return float(sum(terms.values()))
 
 
-@pytest.mark.parametrize("dim", [2, 3])
-def test_training_reduces_the_loss(tmp_path, one_thread, dim):
+@pytest.mark.parametrize("dim, affine", [(2, False), (3, False), (2, True)])
+def test_training_reduces_the_loss(tmp_path, one_thread, dim, affine):
     _pairs(tmp_path, dim=dim, n=3, size=40 if dim == 2 else 20)
     size, spacing = ([32, 32], [2.5, 2.5]) if dim == 2 else ([16, 16, 16], [2.5, 2.5, 2.5])
     config = load_config(None, [
         f"data.pairs={tmp_path / 'train.csv'}", f"model.dim={dim}", f"model.size={size}", f"model.spacing={spacing}",
         "model.encoder=[8,16]", "model.decoder=[16,16,8]", "loss.similarity=mse", "loss.labels=1.0",
-        "train.steps=60", "train.lr=0.003", "train.batch_size=2", "train.checkpoint_every=60"])
+        "train.steps=60", "train.lr=0.003", "train.batch_size=2", "train.checkpoint_every=60",
+        f"model.affine={str(affine).lower()}", "loss.affine=0.1"])
     trainer = Trainer(config, tmp_path / "run")
     before = _training_loss(trainer)
     trainer.fit()
@@ -78,6 +79,7 @@ def test_training_reduces_the_loss(tmp_path, one_thread, dim):
     with open(tmp_path / "run" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 60 and {"similarity", "labels", "diffusion"} <= set(rows[0])  # logged term by term
+    assert ("affine" in rows[0]) == affine
     assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
 
 
@@ -117,12 +119,15 @@ def _oblique(image: Image, angle_deg: float) -> Image:
     return Image(image.data, Grid(g.size, rotation @ g.origin, g.spacing, rotation @ g.direction), image.name)
 
 
-def test_prediction_follows_the_fixed_image_in_world_space(tmp_path):
+@pytest.mark.parametrize("affine", [False, True])
+def test_prediction_follows_the_fixed_image_in_world_space(tmp_path, affine):
     # Odd sizes, oblique directions: the model grid follows the fixed image, so turning both images in
-    # the world turns the predicted transform with them: T_R(R p) = R T(p).
+    # the world turns the predicted transform with them: T_R(R p) = R T(p) (with an affine head too).
     torch.manual_seed(0)
-    net = RegistrationNet(ModelSpace((16, 16), (2.0, 2.0)), "svf", (8, 8), (8, 8, 8)).eval()
+    net = RegistrationNet(ModelSpace((16, 16), (2.0, 2.0)), "svf", (8, 8), (8, 8, 8), affine=affine).eval()
     torch.nn.init.normal_(net.head.conv.weight, std=0.5)
+    if affine:
+        torch.nn.init.normal_(net.affine_head.linear.weight, std=0.2)
     pair = make_phantom_pair(dim=2, size=37, spacing=1.5, seed=3)
     fixed = Image(pair.fixed.data[:, :, :33], Grid((33, 37), pair.fixed.grid.origin, (1.5, 1.5)))  # 37 x 33
     base = net.predict(fixed, pair.moving)

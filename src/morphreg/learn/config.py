@@ -50,6 +50,7 @@ class ModelConfig:
     decoder: list[int] = field(default_factory=lambda: [32, 32, 32, 16])
     steps: int = 7  # scaling and squaring steps (svf)
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])  # intensity normalisation
+    affine: bool = False  # an affine head first (global pooling -> matrix + shift), the deformable part after it
 
 
 @dataclass
@@ -61,6 +62,7 @@ class LossConfig:
     endpoint: float = 0.0  # > 0: supervised on synthetic pairs (moving = fixed through a random map S of
     #                        data.augment), weight of the mean endpoint error |T(x) - S(x)| in mm
     penalties: list[dict] = field(default_factory=lambda: [{"name": "diffusion", "weight": 1.0}])  # engine penalties
+    affine: float = 0.0  # weight of mean |A - I| of the affine head (model.affine)
 
 
 @dataclass

@@ -25,8 +25,11 @@ from torch import nn
 from morphreg.core.grid import Grid
 from morphreg.errors import MorphregError
 from morphreg.image.image import Image
-from morphreg.learn.networks import FieldHead, UNet
+from morphreg.core.sampling import sample
+from morphreg.learn.networks import AffineHead, FieldHead, UNet
 from morphreg.transforms import Transform
+from morphreg.transforms.composite import CompositeTransform
+from morphreg.transforms.linear import AffineTransform
 from morphreg.transforms.dense import DisplacementFieldTransform, StationaryVelocityFieldTransform
 
 MODEL_FORMAT = "morphreg-model"
@@ -77,7 +80,7 @@ class RegistrationNet(nn.Module):
     """
 
     def __init__(self, space: ModelSpace, kind: str = "svf", encoder=(16, 32, 32, 32), decoder=(32, 32, 32, 16),
-                 steps: int = 7, scale_mm: float | None = None):
+                 steps: int = 7, scale_mm: float | None = None, affine: bool = False):
         super().__init__()
         if kind not in FIELD_KINDS:
             raise MorphregError(f"model.kind must be one of {', '.join(FIELD_KINDS)}, not {kind!r}")
@@ -91,11 +94,14 @@ class RegistrationNet(nn.Module):
         self.unet = UNet(space.dim, 2, self.encoder, self.decoder)
         self.head = FieldHead(space.dim, self.unet.out_channels, self.scale_mm)
         self.grid = space.canonical()
+        self.affine = bool(affine)
+        # affine -> deformable in one model: the deformable part sees the moving image after the affine map.
+        self.affine_head = AffineHead(space.dim, 2, self.encoder, 10 * self.scale_mm) if affine else None
 
     def config(self) -> dict:
         return {"space": {k: list(v) for k, v in asdict(self.space).items()}, "kind": self.kind,
                 "encoder": list(self.encoder), "decoder": list(self.decoder), "steps": self.steps,
-                "scale_mm": self.scale_mm}
+                "scale_mm": self.scale_mm, "affine": self.affine}
 
     @classmethod
     def from_config(cls, config: dict) -> "RegistrationNet":
@@ -103,9 +109,19 @@ class RegistrationNet(nn.Module):
         space = c.pop("space")
         return cls(ModelSpace(tuple(space["size"]), tuple(space["spacing"]), tuple(space["percentiles"])), **c)
 
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        """fixed, moving: (N, 1, *shape) on the canonical grid -> field (N, dim, *shape) mm."""
-        return self.head(self.unet(torch.cat([fixed, moving], dim=1)))
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor):
+        """fixed, moving: (N, 1, *shape) on the canonical grid -> (field (N, dim, *shape) mm, matrix
+        (N, dim, dim) and shift (N, dim) mm of the affine part, or None, None)."""
+        matrix = shift = None
+        if self.affine_head is not None:
+            matrix, shift = self.affine_head(torch.cat([fixed, moving], dim=1))
+            moving = sample(moving, self.grid, _affine(self.grid.points(device=moving.device).unsqueeze(0), matrix, shift))
+        return self.head(self.unet(torch.cat([fixed, moving], dim=1))), matrix, shift
+
+    def mapped(self, field: torch.Tensor, matrix: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Tensor:
+        """T(x) on the canonical grid, (N, *shape, dim) mm: the deformable part, then the affine one."""
+        points = self.transform(field).map_grid(self.grid, device=field.device)
+        return points if matrix is None else _affine(points, matrix, shift)
 
     def transform(self, field: torch.Tensor, grid: Grid | None = None) -> Transform:
         """The transform of a field on ``grid`` (default the canonical grid); differentiable."""
@@ -122,11 +138,24 @@ class RegistrationNet(nn.Module):
         grid = self.space.grid_for(fixed.grid)
         device = next(self.parameters()).device
         f, m = (self.space.prepare(x, grid).unsqueeze(0).to(device) for x in (fixed, moving))
-        field = self(f, m)
+        field, matrix, shift = self(f, m)
         # Canonical axes -> world axes: the model grid's direction turns every vector.
         direction = torch.as_tensor(grid.direction, dtype=field.dtype, device=field.device)
         field = torch.einsum("ij,nj...->ni...", direction, field)
-        return self.transform(field.cpu(), grid).freeze()
+        deformable = self.transform(field.cpu(), grid)
+        if matrix is None:
+            return deformable.freeze()
+        # The affine part about the grid centre c: y = c + D (A D^T (x - c) + t).
+        d = direction.cpu()
+        linear = AffineTransform(self.space.dim, (d @ matrix[0].cpu() @ d.T).numpy(), (d @ shift[0].cpu()).numpy(),
+                                 grid.center())
+        return CompositeTransform([linear, deformable]).freeze()
+
+
+def _affine(points: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """A x + t for points (N|1, *shape, dim) and a batch of maps (N, dim, dim), (N, dim)."""
+    view = (-1,) + (1,) * (points.dim() - 2) + (points.shape[-1],)
+    return torch.einsum("nij,n...j->n...i", matrix, points.expand(len(matrix), *points.shape[1:])) + shift.view(view)
 
 
 def save_model(net: RegistrationNet, path: str | Path, card: dict | None = None, preprocessing: dict | None = None) -> Path:

@@ -79,3 +79,29 @@ class FieldHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x) * self.scale_mm
+
+
+class AffineHead(nn.Module):
+    """(fixed, moving) -> an affine map about the grid centre: strided convolutions, global average
+    pooling, one linear layer to the dim x dim matrix and the shift (mm). Zero-initialised: the
+    identity at the start (DLIR / the lung-MRI network's linear branch)."""
+
+    def __init__(self, dim: int, in_channels: int, encoder=(16, 32, 32, 32), shift_scale_mm: float = 10.0):
+        super().__init__()
+        blocks, channels = [], in_channels
+        for width in encoder:
+            blocks.append(ConvBlock(dim, channels, width, stride=2))
+            channels = width
+        self.encoder = nn.Sequential(*blocks)
+        self.linear = nn.Linear(channels, dim * dim + dim)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.dim, self.shift_scale_mm = dim, float(shift_scale_mm)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C, *spatial) -> matrix (N, dim, dim), shift (N, dim) mm."""
+        pooled = self.encoder(x).flatten(2).mean(-1)
+        params = self.linear(pooled)
+        d = self.dim
+        matrix = torch.eye(d, dtype=x.dtype, device=x.device) + params[:, : d * d].view(-1, d, d)
+        return matrix, params[:, d * d:] * self.shift_scale_mm

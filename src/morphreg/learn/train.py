@@ -51,7 +51,7 @@ def _start_distributed(device: str) -> tuple[int, int]:
 def network_of(config: RunConfig) -> RegistrationNet:
     m = config.model
     space = ModelSpace(tuple(m.size), tuple(float(s) for s in m.spacing), tuple(m.percentiles))
-    return RegistrationNet(space, m.kind, m.encoder, m.decoder, m.steps)
+    return RegistrationNet(space, m.kind, m.encoder, m.decoder, m.steps, affine=m.affine)
 
 
 def stage_loss(config: RunConfig) -> tuple[StageLoss, list[PenaltyTerm]]:
@@ -86,17 +86,21 @@ def changed_batch(batch: dict, config: RunConfig, grid, gen: torch.Generator) ->
     return batch
 
 
-def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: list[PenaltyTerm], forward=None):
+def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: list[PenaltyTerm], forward=None,
+               affine_weight: float = 0.0):
     """(named weighted terms, mapped points (N, *shape, dim), warped labels) of one batch on the canonical
-    grid; ``forward``: what runs the network (its DistributedDataParallel wrapper), default ``net``."""
+    grid; ``forward``: what runs the network (its DistributedDataParallel wrapper), default ``net``;
+    ``affine_weight``: of mean |A - I| of an affine part (the lung-MRI network's alpha)."""
     grid = net.grid
-    field = (forward or net)(batch["fixed"], batch["moving"])
-    mapped = net.transform(field).map_grid(grid)
+    field, matrix, shift = (forward or net)(batch["fixed"], batch["moving"])
+    mapped = net.mapped(field, matrix, shift)
     warped = sample(batch["moving"], grid, mapped)
     warped_labels = sample(batch["moving_labels"], grid, mapped) if "moving_labels" in batch else None
     terms = loss_terms(loss, fixed=batch["fixed"], warped=warped, mask=batch.get("fixed_mask"), grid=grid,
                        fixed_labels=batch.get("fixed_labels"), warped_labels=warped_labels, field=field,
                        field_grid=grid, penalties=penalties, mapped_grid=mapped, target_grid=batch.get("target"))
+    if affine_weight and matrix is not None:
+        terms["affine"] = affine_weight * (matrix - torch.eye(grid.dim, device=matrix.device)).abs().mean()
     return terms, mapped, warped_labels
 
 
@@ -141,7 +145,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.loss, self.penalties = stage_loss(config)
         self.term_names = [n for n, w in (("similarity", config.loss.similarity and config.loss.similarity_weight),
-                                          ("labels", config.loss.labels), ("endpoint", config.loss.endpoint)) if w]
+                                          ("labels", config.loss.labels), ("endpoint", config.loss.endpoint),
+                                          ("affine", config.model.affine and config.loss.affine)) if w]
         self.term_names += list(dict.fromkeys(p.name for p in self.penalties))
         self.step, self.best, self.bad_validations = 0, math.inf, 0
         self._prepare_folder(resume)
@@ -246,7 +251,7 @@ class Trainer:
                                   self.net.grid, gen)
             mine = slice(self.rank * t.batch_size, (self.rank + 1) * t.batch_size)
             batch = {k: v[mine].to(self.device) for k, v in batch.items()}
-            terms, _, _ = batch_loss(self.net, batch, self.loss, self.penalties, self.forward)
+            terms, _, _ = batch_loss(self.net, batch, self.loss, self.penalties, self.forward, self.config.loss.affine)
             loss = total(terms)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -299,7 +304,8 @@ class Trainer:
             if self.config.loss.endpoint:
                 batch = changed_batch(batch, self.config, self.net.grid, torch.Generator().manual_seed(10_000_019 + i))
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            terms, mapped, warped_labels = batch_loss(self.net, batch, self.loss, self.penalties)
+            terms, mapped, warped_labels = batch_loss(self.net, batch, self.loss, self.penalties,
+                                                      affine_weight=self.config.loss.affine)
             losses.append(float(total(terms)))
             if warped_labels is not None:
                 a, b = batch["fixed_labels"] > 0.5, warped_labels > 0.5
