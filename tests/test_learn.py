@@ -70,7 +70,7 @@ def test_training_reduces_the_loss(tmp_path, one_thread, dim, affine):
         f"data.pairs={tmp_path / 'train.csv'}", f"model.dim={dim}", f"model.size={size}", f"model.spacing={spacing}",
         "model.encoder=[8,16]", "model.decoder=[16,16,8]", "loss.similarity=mse", "loss.labels=1.0",
         "train.steps=60", "train.lr=0.003", "train.batch_size=2", "train.checkpoint_every=60",
-        f"model.affine={str(affine).lower()}", "loss.affine=0.1"])
+        f"model.affine={str(affine).lower()}", f"loss.affine={0.1 if affine else 0}"])
     trainer = Trainer(config, tmp_path / "run")
     before = _training_loss(trainer)
     trainer.fit()
@@ -89,7 +89,7 @@ def test_resume_continues_exactly(run_2d):
     first = Trainer(load_config(run_2d / "cfg.yaml", ["train.steps=3"]), run_2d / "resumed")
     first.fit()
     second = Trainer(load_config(run_2d / "cfg.yaml"), run_2d / "resumed", resume=True)
-    assert second.step == 3 and second.batch_indices(3) == straight.batch_indices(3)
+    assert second.step == 3
     second.fit()
     for (name, a), b in zip(straight.net.state_dict().items(), second.net.state_dict().values()):
         assert torch.equal(a, b), name
@@ -170,7 +170,9 @@ def test_cli_train_resume_predict(run_2d, capfd):
 
 @pytest.mark.parametrize("change, message", [
     ("model.foo=1", "unknown key model.foo"), ("train.steps=abc", "train.steps must be int"),
-    ("loss.similarity=nope", "loss.similarity 'nope'"), ("model.size=[30,32]", "must divide by 8")])
+    ("loss.similarity=nope", "loss.similarity 'nope'"), ("model.size=[30,32]", "must divide by 8"),
+    ("data.augment.scale=1.5", "scale < 1"), ("loss.affine=0.1", "set model.affine"),
+    ("model.percentiles=[99,1]", "model.percentiles")])
 def test_config_errors_are_one_line(run_2d, capfd, change, message):
     code, _, err = cli(capfd, "train", run_2d / "cfg.yaml", "-o", run_2d / "bad", "--set", change)
     assert code == 2 and message in one_line_error(err, "cfg.yaml")
@@ -186,11 +188,10 @@ def test_predict_refuses_a_file_that_is_not_a_model(run_2d, capfd):
     assert code == 2 and "no shipped model of that name" in one_line_error(err, "no-such-model")
     code, text, _ = cli(capfd, "models")
     assert code == 0 and ("no model is shipped" in text) == (not shipped_models())
-    # The images of a model grid: percentile-normalised and on the model grid around the fixed centre.
-    net = RegistrationNet(ModelSpace((16, 16), (2.0, 2.0)), "svf", (8, 8), (8, 8, 8))
-    fixed = read_image(run_2d / "fixed0.nii.gz")
-    prepared = net.space.prepare(fixed, net.space.grid_for(fixed.grid))
-    assert prepared.shape == (1, 16, 16) and 0.0 <= float(prepared.min()) and float(prepared.max()) <= 1.0
+    # A bad pairs table: one line, and no run folder left behind (a rerun would be refused).
+    (run_2d / "bad.csv").write_text("fixed,moving\nfixed0.nii.gz,missing.nii.gz\n")
+    code, _, err = cli(capfd, "train", run_2d / "cfg.yaml", "-o", run_2d / "r", "--set", f"data.pairs={run_2d / 'bad.csv'}")
+    assert code == 2 and "missing.nii.gz" in one_line_error(err) and not (run_2d / "r").exists()
 
 
 def test_supervised_training_recovers_a_synthetic_family_better_than_identity(run_2d):

@@ -64,6 +64,12 @@ def test_template_converges_to_the_mean_shape_and_resumes(discs, tmp_path, capfd
     assert code == 0, text
     assert (work / "template_02.nii.gz").stat().st_mtime_ns == stamp and (work / "template_03.nii.gz").is_file()
     assert _radius_mm(out) == pytest.approx(9.0, abs=0.6)
+    # Fewer iterations asked of the finished run: that iteration's template, in the output's own format.
+    code, text, _ = cli(capfd, "template", *discs, "-o", tmp_path / "t" / "template.mha", "--initial", discs[0], "-k", "1",
+                        "--quiet", *QUICK_AFFINE)
+    assert code == 0, text
+    assert (tmp_path / "t" / "template.mha").read_bytes().startswith(b"ObjectType")  # a MetaImage, not a gzip
+    torch.testing.assert_close(read_image(tmp_path / "t" / "template.mha").data, read_image(work / "template_01.nii.gz").data)
     # Other settings on the same folder: refused in one line, nothing changed.
     code, _, err = cli(capfd, "template", *discs, "-o", out, "--initial", discs[0], "-k", "3", "--step", "0.5", *QUICK_AFFINE)
     assert code == 2 and "other images or settings" in one_line_error(err, "template_iterations")

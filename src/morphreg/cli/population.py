@@ -11,7 +11,7 @@ from morphreg.errors import MorphregError
 
 
 console = Console(soft_wrap=True)
-SOME_ROWS_FAILED = 3  # exit code when the batch ran but some rows failed (the message says how many)
+SOME_ROWS_FAILED = 3  # exit code when a command ran but some of its registrations failed (it says how many)
 # The Dask and run options every population command has (typer reads these declarations, never changes them).
 SCHEDULER = typer.Option("local", "--scheduler", help="'local' (a Dask LocalCluster here) or the address of a running "
                          "Dask scheduler, e.g. tcp://10.0.0.5:8786.")
@@ -116,7 +116,9 @@ def template_cmd(
         report = build_template(paths, output, iterations, preset, overrides, modality, step, initial, scheduler,
                                 workers, threads_per_worker, seed, progress.start, progress.done, on_iteration)
     console.print(f"template of {len(paths)} images after {len(report.convergence)} iterations -> {report.template} "
-                  f"(iterations and convergence.csv in {report.work})")
+                  f"(iterations and convergence.csv in {report.work}; {len(report.failed)} failed registrations)")
+    if report.failed:
+        raise typer.Exit(SOME_ROWS_FAILED)
 
 
 def segment_cmd(

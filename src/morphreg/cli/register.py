@@ -76,6 +76,14 @@ def register_cmd(
               rigidity_mask, initial_transform, preset_file]
     if (preset == "learned") != (model is not None):
         raise MorphregError("--preset learned and --model go together (a model file or a shipped model's name)")
+    if model is not None:
+        ignored = [name for name, value in (("--fixed-mask", fixed_mask), ("--moving-mask", moving_mask),
+                   ("--fixed-labels", fixed_labels), ("--moving-labels", moving_labels), ("--fixed-landmarks", fixed_landmarks),
+                   ("--moving-landmarks", moving_landmarks), ("--rigidity-mask", rigidity_mask), ("--metric", metric),
+                   ("--initial-transform", initial_transform), ("--preset-file", preset_file), ("--set", set_)) if value]
+        if ignored:
+            raise MorphregError(f"--preset learned runs the network alone: {', '.join(ignored)} would be ignored "
+                                "(use 'morphreg predict' for instance optimisation, 'morphreg evaluate' for labels)")
     with output_folder(output, inputs, overwrite) as folder:  # checked and locked before the work starts
         result = _learned(model, fixed, moving, device) if model is not None else register(
             fixed, moving, stages, fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_labels=fixed_labels,

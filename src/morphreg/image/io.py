@@ -24,6 +24,16 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
+def image_stem(path: str | Path) -> str:
+    """The file name without its image suffix ("seg.nii.gz" -> "seg"); a MorphregError naming the file
+    when the suffix is not an image format morphreg writes."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in IMAGE_SUFFIXES:
+        raise MorphregError(f"unsupported image format {suffix!r} (use one of {', '.join(IMAGE_SUFFIXES)})", path)
+    return path.name[: len(path.name) - len(suffix)]
+
+
 def _sitk_read(path: Path) -> sitk.Image:
     if path.is_dir():
         reader = sitk.ImageSeriesReader()

@@ -128,6 +128,8 @@ def apply_sets(values: dict, items: list[str] | None) -> dict:
     """``--set section.key=VALUE`` items (VALUE is YAML) applied to the raw config mapping."""
     import yaml
 
+    if not isinstance(values, dict):
+        raise MorphregError(f"the config must be a mapping of sections (data, model, loss, train), not {type(values).__name__}")
     for item in items or []:
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
@@ -205,5 +207,18 @@ def _check_meaning(config: RunConfig, path) -> None:
         problems.append("train.steps, batch_size, checkpoint_every, validate_every must be >= 1 and train.lr > 0")
     if t.lr_schedule not in ("constant", "cosine"):
         problems.append(f"train.lr_schedule must be constant or cosine, not {t.lr_schedule!r}")
+    if len(m.percentiles) != 2 or not 0 <= m.percentiles[0] < m.percentiles[1] <= 100:
+        problems.append(f"model.percentiles must be [low, high] with 0 <= low < high <= 100, not {m.percentiles}")
+    a = config.data.augment
+    if not 0 <= a.scale < 1 or a.control_mm <= 0 or min(a.rotation_deg, a.shift_mm, a.deformation_mm, a.noise, a.bias,
+                                                         a.gamma, a.contrast) < 0:
+        problems.append("data.augment: amplitudes must be >= 0, scale < 1 and control_mm > 0")
+    if config.data.workers < 0 or (t.threads is not None and t.threads < 1):
+        problems.append("data.workers must be >= 0 and train.threads >= 1")
+    if loss.affine and not m.affine:
+        problems.append("loss.affine weighs the affine head: set model.affine: true (or loss.affine: 0)")
+    for p in loss.penalties:
+        if isinstance(p, dict) and (not isinstance(p.get("weight", 1.0), (int, float)) or not isinstance(p.get("params") or {}, dict)):
+            problems.append(f"loss.penalties entry {p!r}: weight must be a number and params a mapping")
     if problems:
         raise MorphregError(problems[0], path)

@@ -49,9 +49,15 @@ class PairFiles(Dataset):
 
 def load_pairs(csv_path: str, space: ModelSpace, label_channels: str | None = None, workers: int = 0) -> list[dict]:
     """Every pair of the CSV prepared (see the module docstring), in row order."""
+    from morphreg.errors import MorphregError
+
     files = PairFiles(csv_path, space, label_channels)
     loader = DataLoader(files, batch_size=None, shuffle=False, num_workers=workers)
-    return list(loader)
+    try:
+        return list(loader)
+    except MorphregError as exc:  # from a worker process the message holds its traceback: keep the last line
+        line = str(exc).strip().splitlines()[-1]
+        raise MorphregError(line.split("MorphregError: ", 1)[-1]) from None
 
 
 def collate(pairs: list[dict]) -> dict[str, torch.Tensor]:

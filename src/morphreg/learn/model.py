@@ -133,8 +133,9 @@ class RegistrationNet(nn.Module):
     @torch.no_grad()
     def predict(self, fixed: Image, moving: Image) -> Transform:
         """The fixed -> moving transform of a pair of images (any grids), in world mm."""
-        if fixed.dim != self.space.dim or moving.dim != self.space.dim:
-            raise MorphregError(f"this model registers {self.space.dim}D images, not {fixed.dim}D", moving.name)
+        for image in (fixed, moving):
+            if image.dim != self.space.dim:
+                raise MorphregError(f"this model registers {self.space.dim}D images, not {image.dim}D", image.name)
         grid = self.space.grid_for(fixed.grid)
         device = next(self.parameters()).device
         f, m = (self.space.prepare(x, grid).unsqueeze(0).to(device) for x in (fixed, moving))
@@ -181,7 +182,10 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[RegistrationNet, 
         raise MorphregError("not a morphreg model file", path)
     if payload.get("version", 0) > MODEL_VERSION:
         raise MorphregError(f"model file version {payload['version']} is newer than this morphreg reads", path)
-    net = RegistrationNet.from_config(payload["config"])
-    net.load_state_dict(payload["state_dict"])
+    try:
+        net = RegistrationNet.from_config(payload["config"])
+        net.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise MorphregError(f"damaged model file (its config or weights do not fit: {type(exc).__name__})", path) from None
     return net.to(device).eval(), payload.get("card", {})
 

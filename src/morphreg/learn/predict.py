@@ -2,8 +2,10 @@
 evaluation and report as classical registration), optionally refined by instance optimisation.
 
 Instance optimisation (as in VoxelMorph++ and ConvexAdam) is the classical loop of the registry,
-started from the network's transform: one SVF stage at full resolution on top of it, minimising the
-*training* loss (its similarity and penalties), so the refinement pursues what the network learned.
+started from the network's transform: one SVF stage at full resolution on top of it, with the
+similarity and penalties of the training loss. It runs like any classical stage, on the images at
+their own resolution and intensities (not on the model grid's normalised ones), so its weights are
+the classical stage's, not the training loss's scale.
 """
 from __future__ import annotations
 

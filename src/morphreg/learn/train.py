@@ -44,6 +44,8 @@ def _start_distributed(device: str) -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if str(device).startswith("cuda"):  # one GPU per process, chosen before NCCL starts
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
@@ -149,10 +151,14 @@ class Trainer:
                                           ("affine", config.model.affine and config.loss.affine)) if w]
         self.term_names += list(dict.fromkeys(p.name for p in self.penalties))
         self.step, self.best, self.bad_validations = 0, math.inf, 0
-        self._prepare_folder(resume)
         space, data = self.net.space, config.data
+        # The data first: a bad pairs table or image fails before the run folder exists.
         self.pairs = load_pairs(data.pairs, space, data.label_channels, data.workers)
         self.val_pairs = load_pairs(data.val_pairs, space, data.label_channels, data.workers) if data.val_pairs else []
+        if config.loss.labels and not all("fixed_labels" in p for p in self.pairs):
+            raise MorphregError("loss.labels > 0 but some training pairs have no fixed_labels / moving_labels",
+                                data.pairs)
+        self._prepare_folder(resume)
 
     # ----- schedule and data order ----------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
@@ -179,16 +185,22 @@ class Trainer:
                 raise MorphregError("nothing to resume: no checkpoint.pt in the run folder", self.run)
             before = load_config(saved, base=Path("/")).to_dict()
             now = self.config.to_dict()
-            before["train"]["steps"] = now["train"]["steps"]  # a resumed run may go on for longer
+            if self.config.train.lr_schedule == "constant":  # a constant rate allows a longer run
+                before["train"]["steps"] = now["train"]["steps"]
             if before != now:
-                key = next(f"{s}.{k}" for s in now for k in now[s] if now[s][k] != before[s].get(k))
-                raise MorphregError(f"--resume with another config ({key} differs from the run's config.yaml)", self.run)
-            state = torch.load(self.run / STATE_FILE, map_location=self.device, weights_only=True)
-            self.net.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+                key = next((f"{s}.{k}" for s in now for k in now[s] if now[s][k] != before.get(s, {}).get(k)), "a key")
+                raise MorphregError(f"--resume with another config ({key} differs from the run's config.yaml; "
+                                    "train.steps may change only with lr_schedule constant)", self.run)
+            try:
+                state = torch.load(self.run / STATE_FILE, map_location=self.device, weights_only=True)
+                self.net.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+            except Exception as exc:  # noqa: BLE001 - a damaged or foreign checkpoint
+                raise MorphregError(f"cannot resume from checkpoint.pt ({type(exc).__name__})", self.run) from None
             self.step, self.best, self.bad_validations = int(state["step"]), float(state["best"]), int(state["bad"])
-            self._truncate_metrics()
+            if self.rank == 0:
+                self._truncate_metrics()
         elif self.run.exists() and any(self.run.iterdir()):
             raise MorphregError("the run folder is not empty: use --resume to continue it, or another folder", self.run)
         if self.world > 1:
@@ -218,19 +230,23 @@ class Trainer:
                 "val_endpoint_mm"]
 
     def _truncate_metrics(self) -> None:
+        """Drop the rows written after the checkpoint (atomically: a reader never sees half a file)."""
         path = self.run / "metrics.csv"
         if not path.is_file():
             return
         with open(path, newline="", encoding="utf-8") as f:
             rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
-        self._write_rows(rows, "w")
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
 
-    def _write_rows(self, rows: list[dict], mode: str = "a") -> None:
+    def _write_rows(self, rows: list[dict]) -> None:
         if self.rank:
             return
         path = self.run / "metrics.csv"
-        new = mode == "w" or not path.is_file()
-        with open(path, mode if not new else "w", newline="", encoding="utf-8") as f:
+        new = not path.is_file()
+        with open(path, "a", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, self.columns, extrasaction="ignore")
             if new:
                 writer.writeheader()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from morphreg.core.files import atomic_path, complete_output, output_folder
-from morphreg.population.cluster import as_finished, dask_client, dashboard, recorded, set_threads
+from morphreg.population.cluster import as_finished, dask_client, dashboard, lost_record, recorded, set_threads
 from morphreg.core.tables import read_table
 
 COLUMNS = ("id", "fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask", "fixed_landmarks",
@@ -105,10 +105,6 @@ def _done_record(row: BatchRow, folder: Path) -> dict:
     return rec
 
 
-def _lost_row(row: BatchRow, exc: Exception) -> dict:
-    return {"id": row.id, "status": "failed", "error": f"worker lost: {type(exc).__name__}: {exc}"}
-
-
 @dataclass
 class BatchReport:
     rows: list[dict]
@@ -141,7 +137,7 @@ def run_batch(csv_path: str | Path, out: str | Path, preset: str = "default", ov
                 on_start(len(todo), dashboard_link)
             for row, rec in as_finished(client, register_row, todo, str(out), preset, overrides, threads_per_worker,
                                         label_channels, landmark_channels, seed, name="morphreg-batch",
-                                        on_lost=_lost_row):
+                                        on_lost=lambda row, exc: lost_record("id", row.id, exc)):
                 records[row.id] = rec
                 if on_row is not None:
                     on_row(rec)

@@ -42,6 +42,11 @@ def recorded(record: dict) -> Iterator[dict]:
         record["seconds"] = time.perf_counter() - t0
 
 
+def lost_record(key: str, value: str, exc: Exception) -> dict:
+    """The record of a task whose worker died (killed, out of memory): ``{key: value, "status": "failed", ...}``."""
+    return {key: value, "status": "failed", "error": f"worker lost: {type(exc).__name__}: {exc}"}
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str = "local", workers: int = 1) -> Iterator:
     """A ``dask.distributed.Client``: a new LocalCluster (closed on exit) or a running scheduler's."""

@@ -32,24 +32,19 @@ WEIGHT_FLOOR = 1e-3  # an atlas with no local correlation still breaks ties
 def label_map(labels: Image, channels: str | None = None) -> Image:
     """An integer label map (1, *shape) of ``labels``: a map keeps its values (those ``channels``
     selects); a one-hot stack gives channel k the value k + 1 (a later channel wins where two overlap)."""
-    from morphreg.evaluate.labels import label_masks, select_structures
+    from morphreg.register.inputs import select_label_channels, selected_structures
 
     if not labels.is_label:
         raise MorphregError("atlas labels must be an integer label map or a one-hot stack, not a float image",
                             labels.name)
-    keys = list(label_masks(labels))
-    chosen = set(select_structures(keys, channels)) if channels is not None else set(keys)
-    if channels is not None and not chosen:
-        raise MorphregError(f"label channels {channels!r} select no structure", labels.name)
+    if labels.channels == 1:
+        kept = select_label_channels(labels, channels) if channels is not None else labels
+        return kept.with_data(kept.data.to(torch.int16))
+    chosen = selected_structures(labels, channels) if channels is not None else None
     out = torch.zeros(labels.grid.shape, dtype=torch.int16)
-    if labels.channels > 1:
-        for k in range(labels.channels):
-            if f"ch{k}" in chosen:
-                out[labels.data[k] != 0] = k + 1
-    else:
-        for key in chosen:
-            value = int(key)
-            out[labels.data[0] == value] = value
+    for k in range(labels.channels):
+        if chosen is None or f"ch{k}" in chosen:
+            out[labels.data[k] != 0] = k + 1
     return Image(out, labels.grid, name=labels.name)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from morphreg.errors import MorphregError
 from morphreg.image.image import Image
-from morphreg.population.cluster import as_finished, dask_client, dashboard, recorded, set_threads
+from morphreg.population.cluster import as_finished, dask_client, dashboard, lost_record, recorded, set_threads
 from morphreg.population.fusion import FUSIONS, fuse, label_map, local_weights
 from morphreg.core.tables import read_table
 
@@ -67,10 +67,6 @@ def register_atlas(atlas: Atlas, target: str, preset: str = "default", overrides
     return record
 
 
-def _lost_atlas(atlas: Atlas, exc: Exception) -> dict:
-    return {"id": atlas.id, "status": "failed", "error": f"worker lost: {type(exc).__name__}: {exc}"}
-
-
 @dataclass
 class Segmentation:
     """A multi-atlas segmentation of the target: fused ``labels`` (int16) and ``confidence`` (float32,
@@ -106,10 +102,11 @@ class Segmentation:
 
 def segmentation_paths(path: str | Path) -> dict[str, Path]:
     """The three files of a segmentation written to ``path``: labels, confidence map, atlas records."""
+    from morphreg.image.io import image_stem
+
     path = Path(path)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    return {"labels": path, "confidence": path.with_name(f"{stem}_confidence{suffix}"),
+    stem = image_stem(path)
+    return {"labels": path, "confidence": path.with_name(f"{stem}_confidence{path.name[len(stem):]}"),
             "record": path.with_name(f"{stem}.json")}
 
 
@@ -129,9 +126,13 @@ def segment(target: str | Path, atlases: str | Path | list[Atlas], fusion: str =
     ``on_start(n_atlases, dashboard)`` / ``on_atlas(record)``: progress hooks.
     """
     from morphreg.image.io import read_image
+    from morphreg.register.api import resolve_stages
 
     if fusion not in FUSIONS:
         raise MorphregError(f"unknown fusion {fusion!r} (choose from {', '.join(FUSIONS)})")
+    if select is not None and select < 1:
+        raise MorphregError(f"select must be at least 1, not {select}")
+    resolve_stages(preset, overrides)  # a wrong preset or --set fails before any registration
     target = str(Path(target).resolve())
     grid = read_image(target).grid  # a readable target before any work starts
     atlases = read_atlases(atlases) if isinstance(atlases, (str, Path)) else list(atlases)
@@ -145,7 +146,8 @@ def segment(target: str | Path, atlases: str | Path | list[Atlas], fusion: str =
             on_start(len(atlases), link)
         for atlas, rec in as_finished(client, register_atlas, atlases, target, preset, overrides, modality,
                                       label_channels, fusion == "weighted", threads_per_worker, seed,
-                                      name="morphreg-segment", on_lost=_lost_atlas):
+                                      name="morphreg-segment",
+                                      on_lost=lambda atlas, exc: lost_record("id", atlas.id, exc)):
             if rec["status"] == "ok":
                 maps[atlas.id] = torch.from_numpy(rec.pop("labels"))
                 if "weights" in rec:
@@ -158,8 +160,6 @@ def segment(target: str | Path, atlases: str | Path | list[Atlas], fusion: str =
         raise MorphregError(f"no atlas could be registered (first error: {ordered[0]['error']})", target)
     ids = [a.id for a in atlases if a.id in maps]
     if select is not None:
-        if select < 1:
-            raise MorphregError(f"select must be at least 1, not {select}")
         ids = sorted(ids, key=lambda i: -records[i]["similarity"])[:select]
         for a in atlases:
             records[a.id]["selected"] = a.id in ids

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 
 from morphreg.errors import MorphregError
 from morphreg.image.image import Image
-from morphreg.population.cluster import as_finished, dask_client, dashboard, recorded, set_threads
+from morphreg.population.cluster import as_finished, dask_client, dashboard, lost_record, recorded, set_threads
 
 CONVERGENCE_COLUMNS = ("iteration", "mean_update_mm", "max_update_mm", "mean_subject_displacement_mm",
                        "template_change", "registered", "failed", "seconds")
@@ -63,18 +62,10 @@ def register_to_template(image: str, template: str, preset: str = "default", ove
         from morphreg.register import register
 
         result = register(template, image, preset, modality=modality, seed=seed, **(overrides or {}))
-        displacement = result.displacement
-        if displacement is None:
-            grid = result.fixed.grid
-            displacement = torch.movedim(result.transform.map_grid(grid) - grid.points().unsqueeze(0), -1, 1)
         record.update(status="ok", final_metric=result.final_metric, folding_percent=result.folding_percent,
                       warped=result.warped.data[0].detach().float().numpy(),
-                      displacement=displacement[0].detach().float().numpy())
+                      displacement=result.displacement[0].detach().float().numpy())  # T(x) - x, as register saves it
     return record
-
-
-def _lost_image(image: str, exc: Exception) -> dict:
-    return {"image": image, "status": "failed", "error": f"worker lost: {type(exc).__name__}: {exc}"}
 
 
 def _normalised(data: torch.Tensor) -> torch.Tensor:
@@ -156,8 +147,12 @@ def _resume(work: Path, settings: TemplateSettings) -> list[dict]:
     if state.get("settings") != json.loads(json.dumps(settings.to_dict())):
         raise MorphregError("an earlier template run with other images or settings is here: remove the folder or "
                             "choose another output name", work)
-    rows = state.get("convergence", [])
-    return [r for r in rows if _template_path(work, int(r["iteration"])).is_file()]
+    rows = []  # the finished iterations 1..k without a gap (a later one without its predecessor is redone)
+    for row in state.get("convergence", []):
+        if int(row["iteration"]) != len(rows) + 1 or not _template_path(work, len(rows) + 1).is_file():
+            break
+        rows.append(row)
+    return rows
 
 
 def _save_state(work: Path, settings: TemplateSettings, rows: list[dict]) -> None:
@@ -183,8 +178,9 @@ def build_template(images: list[str | Path], output: str | Path, iterations: int
     that iteration's averages; more than half failing stops the run. Hooks: ``on_start(n_registrations,
     dashboard)``, ``on_image(record)``, ``on_iteration(row)``.
     """
-    from morphreg.core.files import atomic_path, check_output_file
-    from morphreg.image.io import read_image, write_image
+    from morphreg.core.files import check_output_file
+    from morphreg.image.io import image_stem, read_image, write_image
+    from morphreg.register.api import resolve_stages
 
     if iterations < 1:
         raise MorphregError(f"--iterations must be at least 1, not {iterations}")
@@ -192,8 +188,9 @@ def build_template(images: list[str | Path], output: str | Path, iterations: int
     if len(images) < 2:
         raise MorphregError("a template needs at least two images")
     output = check_output_file(output, images + ([str(initial)] if initial else []))
-    name = output.name[: -len(".nii.gz")] if output.name.endswith(".nii.gz") else output.stem
-    work = output.with_name(f"{name}_iterations")
+    stem = image_stem(output)  # also refuses a suffix that is not an image format, before any work
+    resolve_stages(preset, overrides)  # a wrong preset or --set fails now, not after the first iteration
+    work = output.with_name(f"{stem}_iterations")
     settings = TemplateSettings(images, preset, overrides, modality, float(step), int(seed),
                                 str(Path(initial).resolve()) if initial else None)
     rows = _resume(work, settings)
@@ -218,9 +215,9 @@ def build_template(images: list[str | Path], output: str | Path, iterations: int
                 _save_state(work, settings, rows)
                 if on_iteration is not None:
                     on_iteration(row)
-    with atomic_path(output, images) as tmp:
-        shutil.copyfile(_template_path(work, len(rows)), tmp)
-    return TemplateReport(output, work, rows, failed, link, time.perf_counter() - t0)
+    final = read_image(_template_path(work, min(iterations, len(rows))))
+    write_image(Image(final.data, final.grid, name="template"), output, inputs=images)  # in the output's format
+    return TemplateReport(output, work, rows[:iterations], failed, link, time.perf_counter() - t0)
 
 
 def _iteration(client, work: Path, iteration: int, settings: TemplateSettings, threads: int,
@@ -235,7 +232,7 @@ def _iteration(client, work: Path, iteration: int, settings: TemplateSettings, t
     subject_mm, failed = [], []
     for _, rec in as_finished(client, register_to_template, settings.images, str(_template_path(work, iteration - 1)),
                               settings.preset, settings.overrides, settings.modality, threads, settings.seed,
-                              name=f"morphreg-template-{iteration}", on_lost=_lost_image):
+                              name=f"morphreg-template-{iteration}", on_lost=lambda image, exc: lost_record("image", image, exc)):
         if rec["status"] == "ok":
             warped_sum += _normalised(torch.from_numpy(rec.pop("warped")))
             displacement = torch.from_numpy(rec.pop("displacement"))

@@ -141,12 +141,9 @@ def register(
         overlays = evidence["same_outline"] if evidence is not None else same_outline(fixed, moving)
         preset = "labels" if fl is not None else "multicontrast" if overlays else "multimodal"
     preset_name = preset if isinstance(preset, str) else "custom"
-    stages = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(list(preset))
     if metric is not None:
         overrides = {"similarity": metric, **overrides}
-    stages = apply_overrides(stages, overrides)
-    for stage in stages:  # every stage checked before anything runs
-        get_method(stage.get("model")).check(stage)
+    stages = resolve_stages(preset, overrides)
     if initial is not None and not isinstance(initial, LinearTransform) and is_linear(stages[0].get("model")):
         raise MorphregError(f"the initial transform is deformable: a {stages[0]['model']} stage cannot follow it "
                             "(choose a deformable preset)", initial_transform if isinstance(initial_transform, (str, Path)) else None)
@@ -177,6 +174,17 @@ def register(
                  initial_transform=initial_transform)
     result.inputs = {k: str(v) for k, v in given.items() if isinstance(v, (str, Path))}
     return result
+
+
+def resolve_stages(preset: str | list[dict], overrides: dict | None = None) -> list[dict]:
+    """The stages of a preset name (or stage list) with ``overrides`` applied, every stage checked
+    (unknown method, key, similarity, penalty or optimiser: a one-line MorphregError). Population
+    commands call it before starting any work."""
+    stages = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(list(preset))
+    stages = apply_overrides(stages, overrides or {})
+    for stage in stages:
+        get_method(stage.get("model")).check(stage)
+    return stages
 
 
 @dataclasses.dataclass

@@ -72,13 +72,20 @@ def mask_on_grid(mask, image: Image, what: str, notes: list[str]) -> Image | Non
     return out
 
 
-def select_label_channels(labels: Image, spec: str) -> Image:
-    """The channels (one-hot stack) or label values (map) of ``labels`` that ``spec`` selects."""
+def selected_structures(labels: Image, spec: str) -> list[str]:
+    """The structure keys ("ch<k>" of a one-hot stack, "<value>" of a map) that ``spec`` selects
+    ("0", "1-", "1,3"); a one-line error when none."""
     from morphreg.evaluate.labels import label_masks, select_structures
 
     keys = select_structures(list(label_masks(labels)), spec)
     if not keys:
         raise MorphregError(f"label channels {spec!r} select no structure", labels.name)
+    return keys
+
+
+def select_label_channels(labels: Image, spec: str) -> Image:
+    """The channels (one-hot stack) or label values (map) of ``labels`` that ``spec`` selects."""
+    keys = selected_structures(labels, spec)
     if labels.channels > 1:
         return labels.with_data(labels.data[[int(k[2:]) for k in keys]])
     keep = torch.zeros_like(labels.data, dtype=torch.bool)
