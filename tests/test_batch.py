@@ -82,7 +82,7 @@ def test_a_bad_table_is_one_line(tmp_path, capfd):
 
 
 @pytest.mark.slow
-def test_batch_against_a_scheduler_and_worker_started_as_separate_processes(tmp_path, capfd):
+def test_batch_template_segment_against_a_scheduler_and_worker_started_as_separate_processes(tmp_path, capfd):
     table = _pairs(tmp_path, n=2)
     scheduler_file = tmp_path / "scheduler.json"
     bin_dir = Path(sys.executable).parent
@@ -101,6 +101,16 @@ def test_batch_against_a_scheduler_and_worker_started_as_separate_processes(tmp_
         code, text, _ = cli(capfd, "batch", table, "-o", tmp_path / "out", "--scheduler", address, "--quiet", *QUICK)
         assert code == 0, text
         assert all((tmp_path / "out" / f"case{i}" / "transform.h5").is_file() for i in range(2))
+        # template and segment take the same path to the cluster.
+        images = [tmp_path / f"case{i}_fixed.nii.gz" for i in range(2)]
+        code, text, _ = cli(capfd, "template", *images, "-o", tmp_path / "t.nii.gz", "-k", "1", "--scheduler", address,
+                            "--quiet", *QUICK)
+        assert code == 0 and (tmp_path / "t.nii.gz").is_file(), text
+        (tmp_path / "atlases.csv").write_text("image,labels\ncase0_moving.nii.gz,case0_moving_labels.nii.gz\n"
+                                              "case1_moving.nii.gz,case1_moving_labels.nii.gz\n")
+        code, text, _ = cli(capfd, "segment", images[0], "--atlases", tmp_path / "atlases.csv", "-o", tmp_path / "s.nii.gz",
+                            "--scheduler", address, "--quiet", *QUICK)
+        assert code == 0 and (tmp_path / "s.nii.gz").is_file(), text
     finally:
         for proc in (worker, scheduler):
             if proc is not None:
