@@ -25,6 +25,7 @@ from morphreg.learn.model import ModelSpace, RegistrationNet, load_model, save_m
 from morphreg.learn.augment import random_map
 from morphreg.learn.train import Trainer, batch_loss, changed_batch
 from morphreg.learn.zoo import shipped_models
+from morphreg.metrics.points import centroid_distance
 
 CONFIG_2D = """
 data: {pairs: train.csv, val_pairs: val.csv}
@@ -263,3 +264,39 @@ def test_prostate_config_trains_and_predict_runs_end_to_end_on_a_real_pair(share
     assert code == 0, text
     warped = read_image(out / "warped.nii.gz")
     assert warped.grid.same_as(read_image(root / "fixed_images" / "obs004.nii.gz").grid)  # on the TRUS grid
+
+
+def test_centroid_distance_is_the_shift_of_a_blob():
+    grid = Grid((20, 16), (0.0, 0.0), (1.5, 1.5))
+    points = grid.points().unsqueeze(0)
+    x, y = points[..., 0], points[..., 1]
+    blob = lambda cx, cy: ((x - cx) ** 2 + (y - cy) ** 2 < 9).float()  # noqa: E731
+    fixed = torch.stack([blob(10, 10), blob(20, 8)], 1)  # (1, 2, H, W): two landmarks
+    moved = torch.stack([blob(13, 10), blob(20, 12.5)], 1)  # moved by 2 and 3 voxels: 3 and 4.5 mm
+    assert float(centroid_distance(fixed, moved, points)) == pytest.approx(3.75, abs=1e-4)
+    assert float(centroid_distance(fixed, torch.zeros_like(moved), points)) == 0.0  # empty channels left out
+
+
+def test_one_random_label_pair_per_step_when_pairs_have_different_channel_counts(tmp_path, capfd, one_thread):
+    # Landmark stacks differ in length from pair to pair (as in the prostate data).
+    rows = []
+    for i, k in enumerate((2, 3, 2)):
+        p = make_phantom_pair(dim=2, size=32, spacing=2.0, seed=i)
+        write_image(p.fixed, tmp_path / f"f{i}.nii.gz")
+        write_image(p.moving, tmp_path / f"m{i}.nii.gz")
+        for side, labels in (("fl", p.fixed_labels), ("ml", p.moving_labels)):
+            stack = torch.stack([(labels.data[0] == v + 1).to(torch.uint8) for v in range(k)])
+            write_image(Image(stack, labels.grid), tmp_path / f"{side}{i}.nii.gz", as_4d=False)
+        rows.append(f"f{i}.nii.gz,m{i}.nii.gz,fl{i}.nii.gz,ml{i}.nii.gz")
+    (tmp_path / "pairs.csv").write_text("fixed,moving,fixed_labels,moving_labels\n" + "\n".join(rows) + "\n")
+    (tmp_path / "cfg.yaml").write_text(CONFIG_2D.replace("{pairs: train.csv, val_pairs: val.csv}",
+                                                         "{pairs: pairs.csv, val_pairs: pairs.csv}"))
+    sets = ["loss.similarity=null", "loss.centroids=1.0", "train.steps=4", "train.validate_every=4"]
+    code, _, err = cli(capfd, "train", tmp_path / "cfg.yaml", "-o", tmp_path / "all", *[a for s in sets for a in ("--set", s)])
+    assert code == 2 and "label_sampling: one" in one_line_error(err, "pairs.csv")
+    code, text, _ = cli(capfd, "train", tmp_path / "cfg.yaml", "-o", tmp_path / "one", "-q",
+                        *[a for s in sets + ["data.label_sampling=one"] for a in ("--set", s)])
+    assert code == 0, text
+    with open(tmp_path / "one" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["centroids"] and float(rows[-1]["val_centroid_mm"]) >= 0

@@ -36,6 +36,8 @@ class DataConfig:
     pairs: str = ""  # CSV: fixed, moving [, fixed_labels, moving_labels, fixed_mask, moving_mask, id]; relative to the CSV
     val_pairs: str | None = None  # same columns; validated every train.validate_every steps
     label_channels: str | None = None  # label channels / values that the labels term and validation use, e.g. "0"
+    label_sampling: str = "all"  # all: every channel (pairs in a batch need as many) | one: one random channel
+    #                              pair per pair and step (e.g. the gland or one landmark; counts may differ)
     workers: int = 0  # worker processes that load and resample the pairs (0: in this process)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -59,6 +61,7 @@ class LossConfig:
     similarity_weight: float = 1.0
     similarity_params: dict = field(default_factory=dict)
     labels: float = 0.0  # weight of 1 - soft Dice of the warped labels (weak supervision)
+    centroids: float = 0.0  # weight of mean |centroid(fixed label) - centroid(warped label)| / 10 mm (landmark blobs)
     endpoint: float = 0.0  # > 0: supervised on synthetic pairs (moving = fixed through a random map S of
     #                        data.augment), weight of the mean endpoint error |T(x) - S(x)| in mm
     penalties: list[dict] = field(default_factory=lambda: [{"name": "diffusion", "weight": 1.0}])  # engine penalties
@@ -197,8 +200,8 @@ def _check_meaning(config: RunConfig, path) -> None:
     for p in loss.penalties:
         if not isinstance(p, dict) or p.get("name") not in PENALTIES or set(p) - {"name", "weight", "params"}:
             problems.append(f"loss.penalties entry {p!r}: {{name: one of {', '.join(PENALTIES)}, weight, params}}")
-    if loss.similarity is None and not loss.labels and not loss.endpoint:
-        problems.append("the loss has no data term: set loss.similarity, loss.labels or loss.endpoint")
+    if loss.similarity is None and not loss.labels and not loss.endpoint and not loss.centroids:
+        problems.append("the loss has no data term: set loss.similarity, loss.labels, loss.centroids or loss.endpoint")
     a = config.data.augment
     if loss.endpoint and not (a.rotation_deg or a.scale or a.shift_mm or a.deformation_mm):
         problems.append("loss.endpoint (supervised training) needs random maps: set data.augment.deformation_mm "
@@ -215,6 +218,8 @@ def _check_meaning(config: RunConfig, path) -> None:
         problems.append("data.augment: amplitudes must be >= 0, scale < 1 and control_mm > 0")
     if config.data.workers < 0 or (t.threads is not None and t.threads < 1):
         problems.append("data.workers must be >= 0 and train.threads >= 1")
+    if config.data.label_sampling not in ("all", "one"):
+        problems.append(f"data.label_sampling must be all or one, not {config.data.label_sampling!r}")
     if loss.affine and not m.affine:
         problems.append("loss.affine weighs the affine head: set model.affine: true (or loss.affine: 0)")
     for p in loss.penalties:

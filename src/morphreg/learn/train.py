@@ -28,6 +28,7 @@ from morphreg.core.differences import mapping_jacobian_determinant
 from morphreg.core.files import atomic_path
 from morphreg.core.sampling import sample
 from morphreg.errors import MorphregError
+from morphreg.metrics.points import centroid_distance
 from morphreg.learn.augment import change_intensity, random_map, warp_batch
 from morphreg.learn.config import RunConfig, load_config
 from morphreg.learn.data import collate, load_pairs
@@ -59,8 +60,17 @@ def network_of(config: RunConfig) -> RegistrationNet:
 def stage_loss(config: RunConfig) -> tuple[StageLoss, list[PenaltyTerm]]:
     loss = config.loss
     stage = StageLoss(loss.similarity, dict(loss.similarity_params), loss.similarity_weight,
-                      penalties=list(loss.penalties), label_weight=loss.labels, endpoint_weight=loss.endpoint)
+                      penalties=list(loss.penalties), label_weight=loss.labels, endpoint_weight=loss.endpoint,
+                      centroid_weight=loss.centroids)
     return stage, [PenaltyTerm(p["name"], float(p.get("weight", 1.0)), dict(p.get("params") or {})) for p in loss.penalties]
+
+
+def one_label_pair(pair: dict, gen: torch.Generator) -> dict:
+    """``pair`` with one random channel of its (corresponding) fixed and moving labels, (1, *shape) each."""
+    if "fixed_labels" not in pair:
+        return pair
+    k = int(torch.randint(pair["fixed_labels"].shape[0], (1,), generator=gen))
+    return {**pair, "fixed_labels": pair["fixed_labels"][k:k + 1], "moving_labels": pair["moving_labels"][k:k + 1]}
 
 
 def changed_batch(batch: dict, config: RunConfig, grid, gen: torch.Generator) -> dict:
@@ -147,7 +157,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.loss, self.penalties = stage_loss(config)
         self.term_names = [n for n, w in (("similarity", config.loss.similarity and config.loss.similarity_weight),
-                                          ("labels", config.loss.labels), ("endpoint", config.loss.endpoint),
+                                          ("labels", config.loss.labels), ("centroids", config.loss.centroids),
+                                          ("endpoint", config.loss.endpoint),
                                           ("affine", config.model.affine and config.loss.affine)) if w]
         self.term_names += list(dict.fromkeys(p.name for p in self.penalties))
         self.step, self.best, self.bad_validations = 0, math.inf, 0
@@ -155,9 +166,13 @@ class Trainer:
         # The data first: a bad pairs table or image fails before the run folder exists.
         self.pairs = load_pairs(data.pairs, space, data.label_channels, data.workers)
         self.val_pairs = load_pairs(data.val_pairs, space, data.label_channels, data.workers) if data.val_pairs else []
-        if config.loss.labels and not all("fixed_labels" in p for p in self.pairs):
-            raise MorphregError("loss.labels > 0 but some training pairs have no fixed_labels / moving_labels",
-                                data.pairs)
+        if (config.loss.labels or config.loss.centroids) and not all("fixed_labels" in p for p in self.pairs):
+            raise MorphregError("loss.labels / loss.centroids > 0 but some training pairs have no fixed_labels / "
+                                "moving_labels", data.pairs)
+        counts = {p["fixed_labels"].shape[0] for p in self.pairs if "fixed_labels" in p}
+        if len(counts) > 1 and data.label_sampling == "all" and config.train.batch_size * self.world > 1:
+            raise MorphregError(f"the pairs have {sorted(counts)} label channels: batches need one count (set "
+                                "data.label_sampling: one, or data.label_channels)", data.pairs)
         self._prepare_folder(resume)
 
     # ----- schedule and data order ----------------------------------------------------------------------
@@ -227,7 +242,7 @@ class Trainer:
     @property
     def columns(self) -> list[str]:
         return ["step", "loss", *self.term_names, "lr", "seconds", "val_loss", "val_dice", "val_folding_percent",
-                "val_endpoint_mm"]
+                "val_centroid_mm", "val_endpoint_mm"]
 
     def _truncate_metrics(self) -> None:
         """Drop the rows written after the checkpoint (atomically: a reader never sees half a file)."""
@@ -263,8 +278,10 @@ class Trainer:
         self.net.train()
         while self.step < t.steps and not stopped:
             gen = torch.Generator().manual_seed(t.seed * 1_000_003 + self.step)  # this step's random changes
-            batch = changed_batch(collate([self.pairs[i] for i in self.batch_indices(self.step)]), self.config,
-                                  self.net.grid, gen)
+            pairs = [self.pairs[i] for i in self.batch_indices(self.step)]
+            if self.config.data.label_sampling == "one":
+                pairs = [one_label_pair(p, gen) for p in pairs]
+            batch = changed_batch(collate(pairs), self.config, self.net.grid, gen)
             mine = slice(self.rank * t.batch_size, (self.rank + 1) * t.batch_size)
             batch = {k: v[mine].to(self.device) for k, v in batch.items()}
             terms, _, _ = batch_loss(self.net, batch, self.loss, self.penalties, self.forward, self.config.loss.affine)
@@ -311,10 +328,11 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Mean validation loss, Dice of the warped labels (channels > 0.5), % of folded points and, for
-        supervised training, the endpoint error on synthetic pairs (the same maps at every validation)."""
+        """Mean validation loss, Dice of the warped labels (channels > 0.5), distance of their centroids (mm:
+        the TRE of landmark blobs), % of folded points and, for supervised training, the endpoint error
+        on synthetic pairs (the same maps at every validation)."""
         self.net.eval()
-        losses, dices, folds, endpoints = [], [], [], []
+        losses, dices, folds, endpoints, centroids = [], [], [], [], []
         for i, pair in enumerate(self.val_pairs):
             batch = {k: v.unsqueeze(0) for k, v in pair.items()}
             if self.config.loss.endpoint:
@@ -324,6 +342,8 @@ class Trainer:
                                                       affine_weight=self.config.loss.affine)
             losses.append(float(total(terms)))
             if warped_labels is not None:
+                points = self.net.grid.points(device=self.device).unsqueeze(0)
+                centroids.append(float(centroid_distance(batch["fixed_labels"], warped_labels, points)))
                 a, b = batch["fixed_labels"] > 0.5, warped_labels > 0.5
                 inter = (a & b).flatten(2).sum(-1).float()
                 size = a.flatten(2).sum(-1).float() + b.flatten(2).sum(-1).float()
@@ -335,7 +355,7 @@ class Trainer:
         self.net.train()
         mean = lambda v: sum(v) / len(v) if v else math.nan  # noqa: E731
         return {"val_loss": mean(losses), "val_dice": mean(dices), "val_folding_percent": mean(folds),
-                "val_endpoint_mm": mean(endpoints)}
+                "val_centroid_mm": mean(centroids), "val_endpoint_mm": mean(endpoints)}
 
     def loss_curve(self) -> Path | None:
         """RUN/loss_curve.png: training loss per step and the validation loss."""
