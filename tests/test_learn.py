@@ -22,6 +22,7 @@ from morphreg.image.io import read_image, write_image
 from morphreg.learn.config import load_config
 from morphreg.learn.data import collate
 from morphreg.learn.model import ModelSpace, RegistrationNet, load_model, save_model
+from morphreg.learn.networks import grid_gradients, integrate_gradients
 from morphreg.learn.augment import random_map
 from morphreg.learn.train import Trainer, batch_loss, changed_batch
 from morphreg.learn.zoo import shipped_models
@@ -300,3 +301,32 @@ def test_one_random_label_pair_per_step_when_pairs_have_different_channel_counts
     with open(tmp_path / "one" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["centroids"] and float(rows[-1]["val_centroid_mm"]) >= 0
+
+
+def test_the_gradient_network_never_folds_its_grid_lines_back():
+    # The lung-MRI network (dilated encoder, SE, 2*sigmoid grid steps, cumulative sums): whatever the
+    # weights, each mapped coordinate increases along its own axis. (det J > 0 is not implied: the
+    # cross terms are free; the docstring says so.)
+    torch.manual_seed(0)
+    net = RegistrationNet(ModelSpace((11, 13, 9), (1.5, 2.0, 2.5)), "gradients", (8,), (8,), network="dilated")
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=1.0)  # far from the identity it starts at
+    with torch.no_grad():
+        field, _, _ = net(torch.rand(2, 1, 9, 13, 11), torch.rand(2, 1, 9, 13, 11))
+        mapped = net.mapped(field, None, None)  # (N, z, y, x, 3)
+    assert float((mapped - net.grid.points()).abs().max()) > 1.0  # a real deformation
+    for d, axis in ((0, 3), (1, 2), (2, 1)):  # coordinate x along tensor axis 3, y along 2, z along 1
+        assert bool((torch.diff(mapped[..., d], dim=axis) > 0).all())
+    torch.testing.assert_close(grid_gradients(integrate_gradients(torch.full((1, 3, 9, 13, 11), 0.7), net.space.spacing),
+                                              net.space.spacing), torch.full((1, 3, 9, 13, 11), 0.7))
+
+
+def test_the_lung_mri_configuration_trains(run_2d):
+    config = load_config(run_2d / "cfg.yaml", ["model.network=dilated", "model.kind=gradients", "model.affine=true",
+                                               "model.size=[30,30]", "model.encoder=[8]", "model.decoder=[8]",
+                                               "loss.affine=0.1", "loss.gradients=0.1", "train.steps=3"])
+    trainer = Trainer(config, run_2d / "lung")
+    trainer.fit()
+    with open(run_2d / "lung" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"affine", "gradients"} <= set(rows[0]) and float(rows[-1]["val_folding_percent"]) >= 0

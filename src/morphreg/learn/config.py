@@ -45,7 +45,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     dim: int = 3
-    kind: str = "svf"  # svf (diffeomorphic) | displacement
+    network: str = "unet"  # unet (voxelmorph-style) | dilated (the lung-MRI network's encoder, full resolution)
+    kind: str = "svf"  # svf (diffeomorphic) | displacement | gradients (per-axis grid steps in (0, 2), integrated)
     size: list[int] = field(default_factory=lambda: [64, 64, 64])  # model grid points, x y [z]; divisible by 2**levels
     spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])  # model grid spacing, mm
     encoder: list[int] = field(default_factory=lambda: [16, 32, 32, 32])
@@ -66,6 +67,7 @@ class LossConfig:
     #                        data.augment), weight of the mean endpoint error |T(x) - S(x)| in mm
     penalties: list[dict] = field(default_factory=lambda: [{"name": "diffusion", "weight": 1.0}])  # engine penalties
     affine: float = 0.0  # weight of mean |A - I| of the affine head (model.affine)
+    gradients: float = 0.0  # weight of mean |g - 1| of the grid steps (model.kind gradients; the paper's beta)
 
 
 @dataclass
@@ -179,7 +181,7 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None, b
 
 
 def _check_meaning(config: RunConfig, path) -> None:
-    from morphreg.learn.model import FIELD_KINDS
+    from morphreg.learn.model import FIELD_KINDS, NETWORKS
     from morphreg.metrics import SIMILARITIES
     from morphreg.regularizers.penalties import PENALTIES
 
@@ -191,7 +193,9 @@ def _check_meaning(config: RunConfig, path) -> None:
         problems.append(f"model.dim must be 2 or 3 and model.size / model.spacing have dim values ({m.dim})")
     if m.kind not in FIELD_KINDS:
         problems.append(f"model.kind must be one of {', '.join(FIELD_KINDS)}, not {m.kind!r}")
-    multiple = 2 ** len(m.encoder)
+    multiple = 2 ** len(m.encoder) if m.network == "unet" else 1
+    if m.network not in NETWORKS:
+        problems.append(f"model.network must be one of {', '.join(NETWORKS)}, not {m.network!r}")
     if any(s % multiple for s in m.size) or min(m.spacing, default=1) <= 0 or len(m.decoder) < len(m.encoder):
         problems.append(f"model.size {m.size} must divide by {multiple} (2 ** len(model.encoder)), model.spacing be "
                         "positive and model.decoder have at least as many levels as model.encoder")
@@ -220,6 +224,8 @@ def _check_meaning(config: RunConfig, path) -> None:
         problems.append("data.workers must be >= 0 and train.threads >= 1")
     if config.data.label_sampling not in ("all", "one"):
         problems.append(f"data.label_sampling must be all or one, not {config.data.label_sampling!r}")
+    if loss.gradients and m.kind != "gradients":
+        problems.append("loss.gradients weighs the grid steps of model.kind: gradients")
     if loss.affine and not m.affine:
         problems.append("loss.affine weighs the affine head: set model.affine: true (or loss.affine: 0)")
     for p in loss.penalties:

@@ -26,7 +26,7 @@ from morphreg.core.grid import Grid
 from morphreg.errors import MorphregError
 from morphreg.image.image import Image
 from morphreg.core.sampling import sample
-from morphreg.learn.networks import AffineHead, FieldHead, UNet
+from morphreg.learn.networks import AffineHead, DilatedEncoder, FieldHead, GradientHead, UNet, integrate_gradients
 from morphreg.transforms import Transform
 from morphreg.transforms.composite import CompositeTransform
 from morphreg.transforms.linear import AffineTransform
@@ -34,7 +34,8 @@ from morphreg.transforms.dense import DisplacementFieldTransform, StationaryVelo
 
 MODEL_FORMAT = "morphreg-model"
 MODEL_VERSION = 1
-FIELD_KINDS = ("svf", "displacement")
+FIELD_KINDS = ("svf", "displacement", "gradients")  # gradients: the lung-MRI network's integrated grid
+NETWORKS = ("unet", "dilated")
 
 
 @dataclass
@@ -73,26 +74,33 @@ class ModelSpace:
 
 
 class RegistrationNet(nn.Module):
-    """U-Net + field head: (fixed, moving) on the canonical model grid -> a field (N, dim, *shape) mm.
+    """Backbone + head: (fixed, moving) on the canonical model grid -> a field (N, dim, *shape) mm.
 
-    ``kind``: "svf" (stationary velocity, integrated by scaling and squaring: diffeomorphic) or
-    "displacement". Constructed from a plain config (:meth:`config`), so a model file holds no code.
+    ``network``: "unet" (voxelmorph-style; sizes divide by 2 ** levels) or "dilated" (the lung-MRI
+    network's dilated encoder, full resolution, any size). ``kind``: "svf" (stationary velocity,
+    scaling and squaring: diffeomorphic), "displacement", or "gradients" (per-axis grid steps in
+    (0, 2) integrated by cumulative sums, returned as the displacement they make: grid lines never
+    fold back along their own axis; det J > 0 is *not* guaranteed, the cross terms are free).
+    Constructed from a plain config (:meth:`config`), so a model file holds no code.
     """
 
     def __init__(self, space: ModelSpace, kind: str = "svf", encoder=(16, 32, 32, 32), decoder=(32, 32, 32, 16),
-                 steps: int = 7, scale_mm: float | None = None, affine: bool = False):
+                 steps: int = 7, scale_mm: float | None = None, affine: bool = False, network: str = "unet"):
         super().__init__()
-        if kind not in FIELD_KINDS:
-            raise MorphregError(f"model.kind must be one of {', '.join(FIELD_KINDS)}, not {kind!r}")
+        if kind not in FIELD_KINDS or network not in NETWORKS:
+            raise MorphregError(f"model.kind must be one of {', '.join(FIELD_KINDS)} and model.network one of "
+                                f"{', '.join(NETWORKS)}, not {kind!r} / {network!r}")
         multiple = 2 ** len(encoder)
-        if any(s % multiple for s in space.size):
+        if network == "unet" and any(s % multiple for s in space.size):
             raise MorphregError(f"model.size {list(space.size)} must divide by {multiple} (2 ** encoder levels)")
-        self.space, self.kind, self.steps = space, kind, int(steps)
+        self.space, self.kind, self.steps, self.network = space, kind, int(steps), network
         self.encoder, self.decoder = tuple(encoder), tuple(decoder)
         # Output unit: a few voxels, so the last layer works in a unit range whatever the spacing.
         self.scale_mm = float(scale_mm if scale_mm is not None else 4 * max(space.spacing))
-        self.unet = UNet(space.dim, 2, self.encoder, self.decoder)
-        self.head = FieldHead(space.dim, self.unet.out_channels, self.scale_mm)
+        self.backbone = UNet(space.dim, 2, self.encoder, self.decoder) if network == "unet" else \
+            DilatedEncoder(space.dim, 2, self.encoder[0])
+        self.head = GradientHead(space.dim, self.backbone.out_channels) if kind == "gradients" else \
+            FieldHead(space.dim, self.backbone.out_channels, self.scale_mm)
         self.grid = space.canonical()
         self.affine = bool(affine)
         # affine -> deformable in one model: the deformable part sees the moving image after the affine map.
@@ -101,7 +109,7 @@ class RegistrationNet(nn.Module):
     def config(self) -> dict:
         return {"space": {k: list(v) for k, v in asdict(self.space).items()}, "kind": self.kind,
                 "encoder": list(self.encoder), "decoder": list(self.decoder), "steps": self.steps,
-                "scale_mm": self.scale_mm, "affine": self.affine}
+                "scale_mm": self.scale_mm, "affine": self.affine, "network": self.network}
 
     @classmethod
     def from_config(cls, config: dict) -> "RegistrationNet":
@@ -116,7 +124,10 @@ class RegistrationNet(nn.Module):
         if self.affine_head is not None:
             matrix, shift = self.affine_head(torch.cat([fixed, moving], dim=1))
             moving = sample(moving, self.grid, _affine(self.grid.points(device=moving.device).unsqueeze(0), matrix, shift))
-        return self.head(self.unet(torch.cat([fixed, moving], dim=1))), matrix, shift
+        out = self.head(self.backbone(torch.cat([fixed, moving], dim=1)))
+        if self.kind == "gradients":
+            out = integrate_gradients(out, self.space.spacing)
+        return out, matrix, shift
 
     def mapped(self, field: torch.Tensor, matrix: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Tensor:
         """T(x) on the canonical grid, (N, *shape, dim) mm: the deformable part, then the affine one."""

@@ -105,3 +105,84 @@ class AffineHead(nn.Module):
         d = self.dim
         matrix = torch.eye(d, dtype=x.dtype, device=x.device) + params[:, : d * d].view(-1, d, d)
         return matrix, params[:, d * d:] * self.shift_scale_mm
+
+
+class DilatedEncoder(nn.Module):
+    """The lung-MRI network's encoder (Stergios et al., 2018): 3x3(x3) convolutions with dilations
+    1, 1, 2, 3, 5, each with instance norm and LeakyReLU, applied in sequence; the outputs of all five are
+    concatenated (N, 5 * width, *spatial). Full resolution throughout: any input size."""
+
+    def __init__(self, dim: int, in_channels: int, width: int = 16, dilations=(1, 1, 2, 3, 5)):
+        super().__init__()
+        norm = nn.InstanceNorm2d if dim == 2 else nn.InstanceNorm3d
+        self.layers = nn.ModuleList()
+        channels = in_channels
+        for d in dilations:
+            self.layers.append(nn.Sequential(conv(dim, channels, width, dilation=d), norm(width), nn.LeakyReLU(0.2)))
+            channels = width
+        self.out_channels = width * len(dilations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for layer in self.layers:
+            x = layer(x)
+            outputs.append(x)
+        return torch.cat(outputs, dim=1)
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel attention: global pooling -> two linear layers -> sigmoid weights per channel."""
+
+    def __init__(self, channels: int, reduction: int = 4):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(channels, max(1, channels // reduction)), nn.ReLU(),
+                                nn.Linear(max(1, channels // reduction), channels), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.fc(x.flatten(2).mean(-1))
+        return x * weights.view(*weights.shape, *[1] * (x.dim() - 2))
+
+
+class GradientHead(nn.Module):
+    """Features -> per-axis spatial gradients g in [0.001, 2) of the sampling grid (2 * sigmoid; 1 = identity
+    at the start). Integrated along each axis (:func:`integrate_gradients`) they give a grid whose lines
+    never fold back along their own axis."""
+
+    def __init__(self, dim: int, in_channels: int, width: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(SqueezeExcitation(in_channels), conv(dim, in_channels, width), nn.LeakyReLU(0.2),
+                                  conv(dim, width, dim))
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A saturated sigmoid is exactly 0 in float32: grid points would merge. Steps stay >= 1e-3.
+        return (2 * torch.sigmoid(self.body(x))).clamp_min(1e-3)
+
+
+def integrate_gradients(gradients: torch.Tensor, spacing) -> torch.Tensor:
+    """Displacement (N, dim, *spatial) mm of the grid whose index steps along axis d are ``gradients[:, d]``
+    (channels x, y[, z]; spatial axes reversed, as tensors are): u_d = spacing_d * (cumsum_d(g_d) - 1 - i_d).
+    g = 1 everywhere is the identity; the first point of each line is its anchor."""
+    dim = gradients.shape[1]
+    out = []
+    for d in range(dim):
+        axis = 2 + (dim - 1 - d)  # channel x runs along the last tensor axis
+        g = gradients[:, d]
+        index = torch.arange(g.shape[axis - 1], dtype=g.dtype, device=g.device)
+        index = index.view(*[1] * (axis - 1), -1, *[1] * (g.dim() - axis))
+        out.append(float(spacing[d]) * (torch.cumsum(g, dim=axis - 1) - 1 - index))
+    return torch.stack(out, dim=1)
+
+
+def grid_gradients(displacement: torch.Tensor, spacing) -> torch.Tensor:
+    """The inverse of :func:`integrate_gradients`: per-axis index steps g (N, dim, *spatial) of the grid of a
+    displacement (1 = identity); for the lung-MRI network's |g - 1| term."""
+    dim = displacement.shape[1]
+    out = []
+    for d in range(dim):
+        axis = 1 + (dim - 1 - d)  # the tensor axis of channel d once the channel axis is dropped
+        steps = torch.diff(displacement[:, d] / float(spacing[d]), dim=axis, prepend=torch.zeros_like(
+            displacement[:, d].narrow(axis, 0, 1)))
+        out.append(steps + 1)
+    return torch.stack(out, dim=1)

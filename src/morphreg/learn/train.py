@@ -33,6 +33,7 @@ from morphreg.learn.augment import change_intensity, random_map, warp_batch
 from morphreg.learn.config import RunConfig, load_config
 from morphreg.learn.data import collate, load_pairs
 from morphreg.learn.model import ModelSpace, RegistrationNet, save_model
+from morphreg.learn.networks import grid_gradients
 from morphreg.optim.terms import PenaltyTerm, StageLoss, loss_terms, total
 
 STATE_FILE = "checkpoint.pt"
@@ -54,7 +55,7 @@ def _start_distributed(device: str) -> tuple[int, int]:
 def network_of(config: RunConfig) -> RegistrationNet:
     m = config.model
     space = ModelSpace(tuple(m.size), tuple(float(s) for s in m.spacing), tuple(m.percentiles))
-    return RegistrationNet(space, m.kind, m.encoder, m.decoder, m.steps, affine=m.affine)
+    return RegistrationNet(space, m.kind, m.encoder, m.decoder, m.steps, affine=m.affine, network=m.network)
 
 
 def stage_loss(config: RunConfig) -> tuple[StageLoss, list[PenaltyTerm]]:
@@ -99,10 +100,11 @@ def changed_batch(batch: dict, config: RunConfig, grid, gen: torch.Generator) ->
 
 
 def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: list[PenaltyTerm], forward=None,
-               affine_weight: float = 0.0):
+               affine_weight: float = 0.0, gradient_weight: float = 0.0):
     """(named weighted terms, mapped points (N, *shape, dim), warped labels) of one batch on the canonical
     grid; ``forward``: what runs the network (its DistributedDataParallel wrapper), default ``net``;
-    ``affine_weight``: of mean |A - I| of an affine part (the lung-MRI network's alpha)."""
+    ``affine_weight``: of mean |A - I| of an affine part, ``gradient_weight``: of mean |g - 1| of the grid
+    steps (the lung-MRI network's alpha and beta)."""
     grid = net.grid
     field, matrix, shift = (forward or net)(batch["fixed"], batch["moving"])
     mapped = net.mapped(field, matrix, shift)
@@ -113,6 +115,8 @@ def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: li
                        field_grid=grid, penalties=penalties, mapped_grid=mapped, target_grid=batch.get("target"))
     if affine_weight and matrix is not None:
         terms["affine"] = affine_weight * (matrix - torch.eye(grid.dim, device=matrix.device)).abs().mean()
+    if gradient_weight:
+        terms["gradients"] = gradient_weight * (grid_gradients(field, grid.spacing) - 1).abs().mean()
     return terms, mapped, warped_labels
 
 
@@ -159,7 +163,8 @@ class Trainer:
         self.term_names = [n for n, w in (("similarity", config.loss.similarity and config.loss.similarity_weight),
                                           ("labels", config.loss.labels), ("centroids", config.loss.centroids),
                                           ("endpoint", config.loss.endpoint),
-                                          ("affine", config.model.affine and config.loss.affine)) if w]
+                                          ("affine", config.model.affine and config.loss.affine),
+                                          ("gradients", config.loss.gradients)) if w]
         self.term_names += list(dict.fromkeys(p.name for p in self.penalties))
         self.step, self.best, self.bad_validations = 0, math.inf, 0
         space, data = self.net.space, config.data
@@ -284,7 +289,8 @@ class Trainer:
             batch = changed_batch(collate(pairs), self.config, self.net.grid, gen)
             mine = slice(self.rank * t.batch_size, (self.rank + 1) * t.batch_size)
             batch = {k: v[mine].to(self.device) for k, v in batch.items()}
-            terms, _, _ = batch_loss(self.net, batch, self.loss, self.penalties, self.forward, self.config.loss.affine)
+            terms, _, _ = batch_loss(self.net, batch, self.loss, self.penalties, self.forward, self.config.loss.affine,
+                                     self.config.loss.gradients)
             loss = total(terms)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -339,7 +345,8 @@ class Trainer:
                 batch = changed_batch(batch, self.config, self.net.grid, torch.Generator().manual_seed(10_000_019 + i))
             batch = {k: v.to(self.device) for k, v in batch.items()}
             terms, mapped, warped_labels = batch_loss(self.net, batch, self.loss, self.penalties,
-                                                      affine_weight=self.config.loss.affine)
+                                                      affine_weight=self.config.loss.affine,
+                                                      gradient_weight=self.config.loss.gradients)
             losses.append(float(total(terms)))
             if warped_labels is not None:
                 points = self.net.grid.points(device=self.device).unsqueeze(0)
