@@ -330,3 +330,20 @@ def test_the_lung_mri_configuration_trains(run_2d):
     with open(run_2d / "lung" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert {"affine", "gradients"} <= set(rows[0]) and float(rows[-1]["val_folding_percent"]) >= 0
+
+
+@pytest.mark.parametrize("mode", ["unpaired", "atlas"])
+def test_unpaired_and_atlas_modes_draw_pairs_from_a_list_of_images(run_2d, mode):
+    (run_2d / "images.csv").write_text("image,labels\n" + "".join(f"fixed{i}.nii.gz,fixed_labels{i}.nii.gz\n"
+                                                                   for i in range(3)))
+    sets = [f"data.mode={mode}", f"data.images={run_2d / 'images.csv'}", "train.steps=3"]
+    if mode == "atlas":
+        sets += [f"data.atlas={run_2d / 'moving3.nii.gz'}", f"data.atlas_labels={run_2d / 'moving_labels3.nii.gz'}"]
+    trainer = Trainer(load_config(run_2d / "cfg.yaml", sets), run_2d / mode)
+    assert len(trainer.pairs) == (6 if mode == "unpaired" else 3)
+    first = trainer.pairs.rows[0]
+    if mode == "atlas":  # atlas to subject: the atlas is the moving image
+        assert first["moving"].endswith("moving3.nii.gz") and first["fixed"].endswith("fixed0.nii.gz")
+    else:
+        assert first["fixed"].endswith("fixed0.nii.gz") and first["moving"].endswith("fixed1.nii.gz")
+    assert trainer.fit().steps == 3

@@ -33,7 +33,12 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
+    mode: str = "pairs"  # pairs (data.pairs) | unpaired (every pair of data.images) | atlas (data.atlas with each image)
     pairs: str = ""  # CSV: fixed, moving [, fixed_labels, moving_labels, fixed_mask, moving_mask, id]; relative to the CSV
+    images: str | None = None  # unpaired / atlas: CSV with image [, labels, mask, id]
+    atlas: str | None = None  # atlas mode: the atlas image
+    atlas_labels: str | None = None  # and its labels
+    atlas_side: str = "moving"  # atlas mode: the atlas is the moving image (atlas to subject) or the fixed one
     val_pairs: str | None = None  # same columns; validated every train.validate_every steps
     label_channels: str | None = None  # label channels / values that the labels term and validation use, e.g. "0"
     label_sampling: str = "all"  # all: every channel (pairs in a batch need as many) | one: one random channel
@@ -172,7 +177,7 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None, b
     except MorphregError as exc:
         raise MorphregError(exc.problem, path) from None
     root = base or (path.parent if path is not None else Path.cwd())
-    for key in ("pairs", "val_pairs"):
+    for key in ("pairs", "val_pairs", "images", "atlas", "atlas_labels"):
         value = getattr(config.data, key)
         if value:
             setattr(config.data, key, str((root / value).resolve()))
@@ -187,8 +192,13 @@ def _check_meaning(config: RunConfig, path) -> None:
 
     m, loss, t = config.model, config.loss, config.train
     problems = []
-    if not config.data.pairs:
+    d = config.data
+    if d.mode not in ("pairs", "unpaired", "atlas") or d.atlas_side not in ("moving", "fixed"):
+        problems.append("data.mode must be pairs, unpaired or atlas and data.atlas_side moving or fixed")
+    elif d.mode == "pairs" and not d.pairs:
         problems.append("data.pairs is required (a CSV of training pairs)")
+    elif d.mode != "pairs" and (not d.images or (d.mode == "atlas" and not d.atlas)):
+        problems.append(f"data.mode {d.mode} needs data.images (a CSV of images){' and data.atlas' if d.mode == 'atlas' else ''}")
     if m.dim not in (2, 3) or len(m.size) != m.dim or len(m.spacing) != m.dim:
         problems.append(f"model.dim must be 2 or 3 and model.size / model.spacing have dim values ({m.dim})")
     if m.kind not in FIELD_KINDS:

@@ -1,11 +1,18 @@
 """Training pairs on the model grid: read from a CSV, resampled in physical space (worker processes
 when asked), held in memory as tensors in the canonical model frame.
 
+Three ways to name the pairs (``data.mode``): ``pairs`` (a CSV of pairs, prepared once), ``unpaired``
+(a CSV of images, columns ``image [, labels, mask]``: every ordered pair of two different images) and
+``atlas`` (the same images, each paired with ``data.atlas``, the atlas moving or fixed). The last two
+prepare a pair when a step draws it (N (N - 1) pairs would not fit in memory); images are read once.
+
 A pair is ``{"fixed": (1, *shape), "moving": (1, *shape)}`` plus, when given, ``"fixed_labels"`` /
 ``"moving_labels"`` (K, *shape) float one-hot (channels in correspondence) and ``"fixed_mask"``
 (1, *shape). Memory: 4 bytes x (2 + 2K + 1) x points per pair (64^3 points, K = 1: 5 MB).
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -17,33 +24,59 @@ PAIR_COLUMNS = ("fixed", "moving")
 OPTIONAL_COLUMNS = ("fixed_labels", "moving_labels", "fixed_mask", "moving_mask")
 
 
-class PairFiles(Dataset):
-    """The pairs of a CSV, each read and resampled onto its model grid when indexed."""
+IMAGE_COLUMNS = ("image",)
+IMAGE_OPTIONAL = ("labels", "mask")
 
-    def __init__(self, csv_path: str, space: ModelSpace, label_channels: str | None = None):
-        self.rows = read_table(csv_path, "training pairs", PAIR_COLUMNS, OPTIONAL_COLUMNS)
+
+def pair_rows(mode: str, table: str, atlas: str | None = None, atlas_labels: str | None = None,
+              atlas_side: str = "moving") -> list[dict[str, str]]:
+    """The pairs (column -> path) that ``mode`` makes of ``table`` (see the module docstring)."""
+    if mode == "pairs":
+        return [paths for _, paths in read_table(table, "training pairs", PAIR_COLUMNS, OPTIONAL_COLUMNS)]
+    images = [paths for _, paths in read_table(table, "images", IMAGE_COLUMNS, IMAGE_OPTIONAL)]
+    as_side = lambda side, item: {side: item["image"], **{f"{side}_{k}": item[k] for k in IMAGE_OPTIONAL if k in item}}  # noqa: E731
+    if mode == "unpaired":
+        return [{**as_side("fixed", a), **as_side("moving", b)} for i, a in enumerate(images)
+                for j, b in enumerate(images) if i != j]
+    item = {"image": atlas, **({"labels": atlas_labels} if atlas_labels else {})}
+    other = "fixed" if atlas_side == "moving" else "moving"
+    return [{**as_side(atlas_side, item), **as_side(other, subject)} for subject in images]
+
+
+@functools.lru_cache(maxsize=512)
+def _read(path: str, labels: bool):
+    from morphreg.image.io import read_image
+
+    return read_image(path, labels=labels)
+
+
+class PairFiles(Dataset):
+    """Pairs (a CSV of pairs, or rows of :func:`pair_rows`), each read and resampled onto its model grid
+    when indexed (files are read once per process)."""
+
+    def __init__(self, rows: str | list[dict[str, str]], space: ModelSpace, label_channels: str | None = None):
+        self.rows = pair_rows("pairs", rows) if isinstance(rows, str) else rows
         self.space, self.label_channels = space, label_channels
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        from morphreg.image.io import read_image
         from morphreg.register.inputs import one_hot_labels, select_label_channels
 
-        row_id, paths = self.rows[index]
-        fixed = read_image(paths["fixed"])
+        paths = self.rows[index]
+        fixed = _read(paths["fixed"], False)
         grid = self.space.grid_for(fixed.grid)
-        item = {"fixed": self.space.prepare(fixed, grid), "moving": self.space.prepare(read_image(paths["moving"]), grid)}
+        item = {"fixed": self.space.prepare(fixed, grid), "moving": self.space.prepare(_read(paths["moving"], False), grid)}
         if "fixed_labels" in paths and "moving_labels" in paths:
-            fl, ml = (read_image(paths[k], labels=True) for k in ("fixed_labels", "moving_labels"))
+            fl, ml = (_read(paths[k], True) for k in ("fixed_labels", "moving_labels"))
             if self.label_channels is not None:
                 fl, ml = select_label_channels(fl, self.label_channels), select_label_channels(ml, self.label_channels)
             fl, ml = one_hot_labels(fl, ml)
             item["fixed_labels"] = self.space.prepare(fl, grid, labels=True)
             item["moving_labels"] = self.space.prepare(ml, grid, labels=True)
         if "fixed_mask" in paths:
-            item["fixed_mask"] = (self.space.prepare(read_image(paths["fixed_mask"], labels=True), grid, labels=True) > 0.5).float()
+            item["fixed_mask"] = (self.space.prepare(_read(paths["fixed_mask"], True), grid, labels=True) > 0.5).float()
         return item
 
 
@@ -62,5 +95,11 @@ def load_pairs(csv_path: str, space: ModelSpace, label_channels: str | None = No
 
 def collate(pairs: list[dict]) -> dict[str, torch.Tensor]:
     """A batch: each key stacked to (N, C, *shape); keys missing from some pair are left out."""
+    from morphreg.errors import MorphregError
+
     keys = set.intersection(*(set(p) for p in pairs))
+    for k in keys:
+        if len({p[k].shape for p in pairs}) > 1:
+            raise MorphregError(f"the pairs of a batch have {k} of different shapes {sorted({tuple(p[k].shape) for p in pairs})}: "
+                                "set data.label_sampling: one or data.label_channels")
     return {k: torch.stack([p[k] for p in pairs]) for k in sorted(keys)}

@@ -6,7 +6,8 @@ and penalties as classical registration, evaluated through the same sampler, log
 Run folder: ``config.yaml`` (the validated config), ``metrics.csv`` (per step the loss and its terms,
 the learning rate and time; per validation the validation loss, Dice and folding), ``checkpoint.pt``
 (every ``train.checkpoint_every`` steps), ``model.pt`` (the model file, rewritten at each
-checkpoint and at the end), ``loss_curve.png``.
+checkpoint and at the end), ``loss_curve.png``, and ``tensorboard/`` when the tensorboard package is
+installed (not a dependency).
 
 Exact resume: the batch of step s is drawn from a permutation seeded by (seed, epoch of s), nothing
 else is random, and the checkpoint holds the weights, Adam's moments and the scheduler; so
@@ -31,12 +32,21 @@ from morphreg.errors import MorphregError
 from morphreg.metrics.points import centroid_distance
 from morphreg.learn.augment import change_intensity, random_map, warp_batch
 from morphreg.learn.config import RunConfig, load_config
-from morphreg.learn.data import collate, load_pairs
+from morphreg.learn.data import PairFiles, collate, load_pairs, pair_rows
 from morphreg.learn.model import ModelSpace, RegistrationNet, save_model
 from morphreg.learn.networks import grid_gradients
 from morphreg.optim.terms import PenaltyTerm, StageLoss, loss_terms, total
 
 STATE_FILE = "checkpoint.pt"
+
+
+def _tensorboard(folder: Path):
+    """A TensorBoard writer into ``folder`` when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
 
 
 def _start_distributed(device: str) -> tuple[int, int]:
@@ -169,16 +179,22 @@ class Trainer:
         self.step, self.best, self.bad_validations = 0, math.inf, 0
         space, data = self.net.space, config.data
         # The data first: a bad pairs table or image fails before the run folder exists.
-        self.pairs = load_pairs(data.pairs, space, data.label_channels, data.workers)
+        if data.mode == "pairs":
+            self.pairs = load_pairs(data.pairs, space, data.label_channels, data.workers)
+        else:  # prepared when a step draws them
+            self.pairs = PairFiles(pair_rows(data.mode, data.images, data.atlas, data.atlas_labels, data.atlas_side),
+                                   space, data.label_channels)
         self.val_pairs = load_pairs(data.val_pairs, space, data.label_channels, data.workers) if data.val_pairs else []
-        if (config.loss.labels or config.loss.centroids) and not all("fixed_labels" in p for p in self.pairs):
+        rows = self.pairs.rows if isinstance(self.pairs, PairFiles) else self.pairs
+        if (config.loss.labels or config.loss.centroids) and not all("fixed_labels" in p for p in rows):
             raise MorphregError("loss.labels / loss.centroids > 0 but some training pairs have no fixed_labels / "
-                                "moving_labels", data.pairs)
-        counts = {p["fixed_labels"].shape[0] for p in self.pairs if "fixed_labels" in p}
+                                "moving_labels", data.pairs or data.images)
+        counts = {p["fixed_labels"].shape[0] for p in rows if "fixed_labels" in p and not isinstance(p["fixed_labels"], str)}
         if len(counts) > 1 and data.label_sampling == "all" and config.train.batch_size * self.world > 1:
             raise MorphregError(f"the pairs have {sorted(counts)} label channels: batches need one count (set "
                                 "data.label_sampling: one, or data.label_channels)", data.pairs)
         self._prepare_folder(resume)
+        self.board = _tensorboard(self.run / "tensorboard") if self.rank == 0 else None
 
     # ----- schedule and data order ----------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
@@ -305,6 +321,10 @@ class Trainer:
                 stopped = self._early_stop(row["val_loss"])
             rows.append(row)
             last = row
+            if self.board is not None:
+                for key, value in row.items():
+                    if key != "step" and isinstance(value, float) and math.isfinite(value):
+                        self.board.add_scalar(key, value, self.step)
             if on_step is not None:
                 on_step(self.step, row)
             if self.step % t.checkpoint_every == 0 or self.step == t.steps or stopped:
@@ -314,6 +334,8 @@ class Trainer:
         self._write_rows(rows)
         self._checkpoint()
         self.loss_curve()
+        if self.board is not None:
+            self.board.close()
         return TrainReport(self.run, self.step, time.perf_counter() - t0, last, stopped)
 
     def _mean_over_processes(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
