@@ -23,7 +23,7 @@ from morphreg.learn.config import load_config
 from morphreg.learn.data import collate
 from morphreg.learn.model import ModelSpace, RegistrationNet, load_model, save_model
 from morphreg.learn.networks import grid_gradients, integrate_gradients
-from morphreg.learn.augment import random_map
+from morphreg.learn.augment import random_map, synthesised_pair
 from morphreg.learn.train import Trainer, batch_loss, changed_batch
 from morphreg.learn.zoo import shipped_models
 from morphreg.metrics.points import centroid_distance
@@ -346,4 +346,19 @@ def test_unpaired_and_atlas_modes_draw_pairs_from_a_list_of_images(run_2d, mode)
         assert first["moving"].endswith("moving3.nii.gz") and first["fixed"].endswith("fixed0.nii.gz")
     else:
         assert first["fixed"].endswith("fixed0.nii.gz") and first["moving"].endswith("fixed1.nii.gz")
+    assert trainer.fit().steps == 3
+
+
+def test_synthesised_images_come_from_the_labels_alone(run_2d):
+    # SynthMorph: each step's images are made from the label maps with random contrasts, so two steps
+    # show the same anatomy with different intensities; training runs on them.
+    trainer = Trainer(load_config(run_2d / "cfg.yaml", ["data.synthesise=true", "loss.similarity=null", "train.steps=3"]),
+                      run_2d / "synth")
+    pair = trainer.pairs[0]
+    a = synthesised_pair(pair, trainer.net.grid, torch.Generator().manual_seed(1))
+    b = synthesised_pair(pair, trainer.net.grid, torch.Generator().manual_seed(2))
+    assert a["fixed"].shape == pair["fixed"].shape and not torch.allclose(a["fixed"], b["fixed"], atol=1e-2)
+    inside = pair["fixed_labels"].sum(0, keepdim=True) > 0.99
+    assert not torch.allclose(a["fixed"], pair["fixed"], atol=0.05)  # not the real image
+    assert float(a["fixed"][inside].std()) > 0  # labels show through
     assert trainer.fit().steps == 3

@@ -103,3 +103,29 @@ def change_intensity(x: torch.Tensor, grid: Grid, gen: torch.Generator, noise: f
 def warp_batch(batch: dict, keys: tuple[str, ...], grid: Grid, points: torch.Tensor) -> dict:
     """The entries ``keys`` of a batch sampled at points (N, *shape, dim) (labels and masks linearly)."""
     return {**batch, **{k: sample(batch[k], grid, points) for k in keys if k in batch}}
+
+
+def synthesised_image(labels: torch.Tensor, grid: Grid, gen: torch.Generator, blur_mm: float = 1.0,
+                      noise: float = 0.05) -> torch.Tensor:
+    """An image made from a one-hot label stack (K, *shape) alone (the SynthMorph idea, Hoffmann et al.,
+    IEEE TMI 2022): every label and the background get a random intensity in [0, 1], then per-voxel
+    noise and a Gaussian blur of up to ``blur_mm``; (1, *shape). A network trained on such images never
+    sees a real contrast, so it cannot learn one."""
+    from morphreg.image.filters import gaussian_filter
+
+    k = labels.shape[0]
+    background = (1 - labels.sum(0, keepdim=True)).clamp(0, 1)
+    stack = torch.cat([background, labels.float()])
+    intensity = torch.rand((k + 1,), generator=gen).view(-1, *[1] * grid.dim)
+    image = (stack * intensity).sum(0, keepdim=True)
+    image = image + torch.randn(image.shape, generator=gen) * noise * float(torch.rand((), generator=gen))
+    sigma_mm = blur_mm * float(torch.rand((), generator=gen))
+    sigmas = [sigma_mm / s for s in grid.spacing]
+    return gaussian_filter(image.unsqueeze(0), sigmas)[0] if sigma_mm > 0 else image
+
+
+def synthesised_pair(pair: dict, grid: Grid, gen: torch.Generator, blur_mm: float = 1.0) -> dict:
+    """``pair`` with its fixed and moving images replaced by images synthesised from its labels, each side
+    with its own random contrast."""
+    return {**pair, "fixed": synthesised_image(pair["fixed_labels"], grid, gen, blur_mm),
+            "moving": synthesised_image(pair["moving_labels"], grid, gen, blur_mm)}

@@ -41,6 +41,7 @@ class DataConfig:
     atlas_side: str = "moving"  # atlas mode: the atlas is the moving image (atlas to subject) or the fixed one
     val_pairs: str | None = None  # same columns; validated every train.validate_every steps
     label_channels: str | None = None  # label channels / values that the labels term and validation use, e.g. "0"
+    synthesise: bool = False  # train on images made from the label maps alone (random contrast per label: SynthMorph)
     label_sampling: str = "all"  # all: every channel (pairs in a batch need as many) | one: one random channel
     #                              pair per pair and step (e.g. the gland or one landmark; counts may differ)
     workers: int = 0  # worker processes that load and resample the pairs (0: in this process)

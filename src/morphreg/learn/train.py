@@ -30,7 +30,7 @@ from morphreg.core.files import atomic_path
 from morphreg.core.sampling import sample
 from morphreg.errors import MorphregError
 from morphreg.metrics.points import centroid_distance
-from morphreg.learn.augment import change_intensity, random_map, warp_batch
+from morphreg.learn.augment import change_intensity, random_map, synthesised_pair, warp_batch
 from morphreg.learn.config import RunConfig, load_config
 from morphreg.learn.data import PairFiles, collate, load_pairs, pair_rows
 from morphreg.learn.model import ModelSpace, RegistrationNet, save_model
@@ -186,6 +186,9 @@ class Trainer:
                                    space, data.label_channels)
         self.val_pairs = load_pairs(data.val_pairs, space, data.label_channels, data.workers) if data.val_pairs else []
         rows = self.pairs.rows if isinstance(self.pairs, PairFiles) else self.pairs
+        if data.synthesise and not all("fixed_labels" in p for p in rows):
+            raise MorphregError("data.synthesise makes images from the label maps: every pair needs fixed_labels and "
+                                "moving_labels", data.pairs or data.images)
         if (config.loss.labels or config.loss.centroids) and not all("fixed_labels" in p for p in rows):
             raise MorphregError("loss.labels / loss.centroids > 0 but some training pairs have no fixed_labels / "
                                 "moving_labels", data.pairs or data.images)
@@ -300,6 +303,8 @@ class Trainer:
         while self.step < t.steps and not stopped:
             gen = torch.Generator().manual_seed(t.seed * 1_000_003 + self.step)  # this step's random changes
             pairs = [self.pairs[i] for i in self.batch_indices(self.step)]
+            if self.config.data.synthesise:
+                pairs = [synthesised_pair(p, self.net.grid, gen) for p in pairs]
             if self.config.data.label_sampling == "one":
                 pairs = [one_label_pair(p, gen) for p in pairs]
             batch = changed_batch(collate(pairs), self.config, self.net.grid, gen)
