@@ -362,3 +362,31 @@ def test_synthesised_images_come_from_the_labels_alone(run_2d):
     assert not torch.allclose(a["fixed"], pair["fixed"], atol=0.05)  # not the real image
     assert float(a["fixed"][inside].std()) > 0  # labels show through
     assert trainer.fit().steps == 3
+
+
+def test_a_rigidity_penalty_acts_inside_each_pairs_mask(run_2d, capfd):
+    pair = make_phantom_pair(dim=2, size=40, spacing=2.0, seed=0)
+    mask = torch.zeros_like(pair.fixed_labels.data, dtype=torch.uint8)
+    mask[:, 12:24, 14:26] = 1  # a "bone" on the fixed grid
+    write_image(Image(mask, pair.fixed.grid), run_2d / "bone.nii.gz")
+    for name in ("train.csv", "val.csv"):
+        lines = (run_2d / name).read_text().splitlines()
+        (run_2d / name).write_text("\n".join([lines[0] + ",rigidity_mask"] + [ln + ",bone.nii.gz" for ln in lines[1:]]) + "\n")
+    rigid = ["loss.penalties=[{name: diffusion, weight: 0.1}, {name: rigidity, weight: 1.0, mask: rigidity}]"]
+    trainer = Trainer(load_config(run_2d / "cfg.yaml", rigid), run_2d / "rigid")
+    torch.nn.init.normal_(trainer.net.head.conv.weight, std=0.2)  # a deformation to penalise
+    batch = collate(trainer.pairs[:2])
+    with torch.no_grad():
+        inside, _, _ = batch_loss(trainer.net, batch, trainer.loss, trainer.penalties)
+        nowhere, _, _ = batch_loss(trainer.net, {**batch, "rigidity_mask": torch.zeros_like(batch["rigidity_mask"])},
+                                   trainer.loss, trainer.penalties)
+    assert float(inside["rigidity"]) > 0 and float(nowhere["rigidity"]) == 0.0
+    assert trainer.fit().steps == 6
+    # Pairs without the mask column: one line before any work.
+    code, _, err = cli(capfd, "train", run_2d / "cfg.yaml", "-o", run_2d / "r2", "--set", rigid[0], "--set",
+                       f"data.pairs={run_2d / 'val.csv'}", "--set", "data.val_pairs=null", "--set", "train.batch_size=1")
+    assert code == 0  # val.csv has the column: fine
+    (run_2d / "plain.csv").write_text("fixed,moving\nfixed0.nii.gz,moving0.nii.gz\n")
+    code, _, err = cli(capfd, "train", run_2d / "cfg.yaml", "-o", run_2d / "r3", "--set", rigid[0], "--set",
+                       f"data.pairs={run_2d / 'plain.csv'}", "--set", "loss.labels=0")
+    assert code == 2 and "rigidity_mask column" in one_line_error(err)

@@ -71,7 +71,8 @@ class LossConfig:
     centroids: float = 0.0  # weight of mean |centroid(fixed label) - centroid(warped label)| / 10 mm (landmark blobs)
     endpoint: float = 0.0  # > 0: supervised on synthetic pairs (moving = fixed through a random map S of
     #                        data.augment), weight of the mean endpoint error |T(x) - S(x)| in mm
-    penalties: list[dict] = field(default_factory=lambda: [{"name": "diffusion", "weight": 1.0}])  # engine penalties
+    penalties: list[dict] = field(default_factory=lambda: [{"name": "diffusion", "weight": 1.0}])  # engine penalties;
+    #   an entry with mask: rigidity acts inside the pairs' rigidity_mask column (e.g. {name: rigidity, mask: rigidity})
     affine: float = 0.0  # weight of mean |A - I| of the affine head (model.affine)
     gradients: float = 0.0  # weight of mean |g - 1| of the grid steps (model.kind gradients; the paper's beta)
 
@@ -213,8 +214,10 @@ def _check_meaning(config: RunConfig, path) -> None:
     if loss.similarity is not None and loss.similarity not in SIMILARITIES:
         problems.append(f"loss.similarity {loss.similarity!r} is not one of {', '.join(SIMILARITIES)}")
     for p in loss.penalties:
-        if not isinstance(p, dict) or p.get("name") not in PENALTIES or set(p) - {"name", "weight", "params"}:
-            problems.append(f"loss.penalties entry {p!r}: {{name: one of {', '.join(PENALTIES)}, weight, params}}")
+        if not isinstance(p, dict) or p.get("name") not in PENALTIES or set(p) - {"name", "weight", "params", "mask"} \
+                or p.get("mask") not in (None, "rigidity"):
+            problems.append(f"loss.penalties entry {p!r}: {{name: one of {', '.join(PENALTIES)}, weight, params, "
+                            "mask: rigidity (inside the pairs' rigidity_mask)}}")
     if loss.similarity is None and not loss.labels and not loss.endpoint and not loss.centroids:
         problems.append("the loss has no data term: set loss.similarity, loss.labels, loss.centroids or loss.endpoint")
     a = config.data.augment

@@ -21,7 +21,7 @@ from morphreg.core.tables import read_table
 from morphreg.learn.model import ModelSpace
 
 PAIR_COLUMNS = ("fixed", "moving")
-OPTIONAL_COLUMNS = ("fixed_labels", "moving_labels", "fixed_mask", "moving_mask")
+OPTIONAL_COLUMNS = ("fixed_labels", "moving_labels", "fixed_mask", "moving_mask", "rigidity_mask")  # masks: fixed grid
 
 
 IMAGE_COLUMNS = ("image",)
@@ -75,8 +75,9 @@ class PairFiles(Dataset):
             fl, ml = one_hot_labels(fl, ml)
             item["fixed_labels"] = self.space.prepare(fl, grid, labels=True)
             item["moving_labels"] = self.space.prepare(ml, grid, labels=True)
-        if "fixed_mask" in paths:
-            item["fixed_mask"] = (self.space.prepare(_read(paths["fixed_mask"], True), grid, labels=True) > 0.5).float()
+        for key in ("fixed_mask", "rigidity_mask"):
+            if key in paths:
+                item[key] = (self.space.prepare(_read(paths[key], True), grid, labels=True) > 0.5).float()
         return item
 
 

@@ -17,6 +17,7 @@ checks the weights bitwise). Rows of metrics.csv written after the last checkpoi
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import time
@@ -73,7 +74,8 @@ def stage_loss(config: RunConfig) -> tuple[StageLoss, list[PenaltyTerm]]:
     stage = StageLoss(loss.similarity, dict(loss.similarity_params), loss.similarity_weight,
                       penalties=list(loss.penalties), label_weight=loss.labels, endpoint_weight=loss.endpoint,
                       centroid_weight=loss.centroids)
-    return stage, [PenaltyTerm(p["name"], float(p.get("weight", 1.0)), dict(p.get("params") or {})) for p in loss.penalties]
+    return stage, [PenaltyTerm(p["name"], float(p.get("weight", 1.0)), dict(p.get("params") or {}), mask_name=p.get("mask"))
+                   for p in loss.penalties]
 
 
 def one_label_pair(pair: dict, gen: torch.Generator) -> dict:
@@ -102,7 +104,8 @@ def changed_batch(batch: dict, config: RunConfig, grid, gen: torch.Generator) ->
     elif a.rotation_deg or a.scale or a.shift_mm or a.deformation_mm:
         for side in ("fixed", "moving"):
             points = random_map(grid, n, gen, **spatial).forward(x)
-            batch = warp_batch(batch, (side, f"{side}_labels", f"{side}_mask"), grid, points)
+            keys = (side, f"{side}_labels", f"{side}_mask") + (("rigidity_mask",) if side == "fixed" else ())
+            batch = warp_batch(batch, keys, grid, points)
     if a.noise or a.bias or a.gamma or a.contrast:
         for side in ("fixed", "moving"):
             batch[side] = change_intensity(batch[side], grid, gen, a.noise, a.bias, a.gamma, a.contrast)
@@ -116,6 +119,8 @@ def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: li
     ``affine_weight``: of mean |A - I| of an affine part, ``gradient_weight``: of mean |g - 1| of the grid
     steps (the lung-MRI network's alpha and beta)."""
     grid = net.grid
+    # A penalty with "mask: rigidity" acts inside each pair's rigidity mask (fixed grid).
+    penalties = [dataclasses.replace(p, mask=batch[f"{p.mask_name}_mask"]) if p.mask_name else p for p in penalties]
     field, matrix, shift = (forward or net)(batch["fixed"], batch["moving"])
     mapped = net.mapped(field, matrix, shift)
     warped = sample(batch["moving"], grid, mapped)
@@ -186,6 +191,10 @@ class Trainer:
                                    space, data.label_channels)
         self.val_pairs = load_pairs(data.val_pairs, space, data.label_channels, data.workers) if data.val_pairs else []
         rows = self.pairs.rows if isinstance(self.pairs, PairFiles) else self.pairs
+        for name in {p.mask_name for p in self.penalties if p.mask_name}:
+            if not all(f"{name}_mask" in p for p in list(rows) + list(self.val_pairs)):
+                raise MorphregError(f"a penalty acts inside the {name} mask: every pair needs a {name}_mask column",
+                                    data.pairs or data.images)
         if data.synthesise and not all("fixed_labels" in p for p in rows):
             raise MorphregError("data.synthesise makes images from the label maps: every pair needs fixed_labels and "
                                 "moving_labels", data.pairs or data.images)

@@ -35,7 +35,8 @@ class PenaltyTerm:
     name: str
     weight: float
     params: dict = field(default_factory=dict)
-    mask: torch.Tensor | None = None  # (1, 1, *field grid shape)
+    mask: torch.Tensor | None = None  # (1 | N, 1, *field grid shape)
+    mask_name: str | None = None  # which input mask it takes when the caller resolves masks per batch (training)
 
     def __call__(self, f: torch.Tensor, grid: Grid) -> torch.Tensor:
         fn = penalty_function(self.name)
