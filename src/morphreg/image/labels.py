@@ -1,4 +1,5 @@
-"""Two label inputs that must describe the same structures: one rule for registration and evaluation.
+"""Label inputs: two that must describe the same structures (one rule for registration and evaluation),
+and picking a label per point from per-label scores (:func:`label_argmax`).
 
 A label input is an integer (or float) map with one channel, each non-zero value a structure, or a
 one-hot stack (4D file, one channel per structure, non-zero = inside). Comparing a map with a stack,
@@ -6,8 +7,29 @@ or stacks of different lengths, would silently score every structure as missing 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
+import torch
+
 from morphreg.errors import MorphregError
 from morphreg.image.image import Image
+
+
+def label_argmax(values: Iterable[int], score_of: Callable[[int], torch.Tensor],
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per point, the value whose score map ``score_of(value)`` is largest (ties: the earlier value) and
+    that score. One score map at a time, so memory stays at two maps whatever the number of labels
+    (label warping and label fusion both pick labels this way)."""
+    best = winner = None
+    for value in values:
+        score = score_of(value)
+        if best is None:
+            best, winner = score, torch.full_like(score, value, dtype=dtype)
+        else:
+            better = score > best
+            best = torch.where(better, score, best)
+            winner = torch.where(better, torch.as_tensor(value, dtype=dtype), winner)
+    return winner, best
 
 
 def shared_labels(fixed_labels: Image, moving_labels: Image) -> list[int] | None:

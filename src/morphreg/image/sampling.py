@@ -8,6 +8,7 @@ from morphreg.core.grid import Grid
 from morphreg.core.sampling import sample
 from morphreg.errors import MorphregError
 from morphreg.image.image import Image
+from morphreg.image.labels import label_argmax
 
 WARP_INTERPOLATIONS = ("nearest", "linear", "bspline", "label")
 
@@ -35,18 +36,12 @@ def _warp_labels(image: Image, points: torch.Tensor, background: int) -> torch.T
     labels = image.data
     # The background competes too, even when absent from the image: it is what lies outside.
     values = sorted(set(torch.unique(labels).tolist()) | {background})
-    best = None
-    winner = None
-    for value in values:  # one channel at a time keeps memory at two maps, whatever the label count
+
+    def score(value: int) -> torch.Tensor:
         onehot = (labels == value).to(points.dtype).unsqueeze(0)
-        score = sample(onehot, image.grid, points, "linear", fill_value=1.0 if value == background else 0.0)
-        if best is None:
-            best, winner = score, torch.full_like(score, value, dtype=labels.dtype)
-        else:
-            better = score > best
-            best = torch.where(better, score, best)
-            winner = torch.where(better, torch.as_tensor(value, dtype=labels.dtype), winner)
-    return winner
+        return sample(onehot, image.grid, points, "linear", fill_value=1.0 if value == background else 0.0)
+
+    return label_argmax(values, score, labels.dtype)[0]
 
 
 def sample_onto(image: Image, grid: Grid, points: torch.Tensor | None = None, interpolation: str | None = None,

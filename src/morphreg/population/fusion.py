@@ -22,6 +22,7 @@ import torch
 from morphreg.errors import MorphregError
 from morphreg.image.grid import Grid
 from morphreg.image.image import Image
+from morphreg.image.labels import label_argmax
 
 FUSIONS = ("majority", "weighted", "staple")
 WEIGHT_WINDOW_MM = 9.0  # the LNCC window's side: ~6 voxels of the 1.5 mm prostate MR, a gland-wall scale
@@ -71,17 +72,14 @@ def vote(maps: list[torch.Tensor], weights: list[torch.Tensor] | None = None) ->
     total = torch.zeros(maps[0].shape, dtype=torch.float32)
     for i in range(len(maps)):
         total += 1.0 if weights is None else weights[i]
-    best = winner = None
-    for value in values:  # one score map at a time
-        score = torch.zeros(maps[0].shape, dtype=torch.float32)
+    def score(value: int) -> torch.Tensor:
+        out = torch.zeros(maps[0].shape, dtype=torch.float32)
         for i, m in enumerate(maps):
             hit = (m == value).float()
-            score += hit if weights is None else hit * weights[i]
-        if best is None:
-            best, winner = score, torch.full(maps[0].shape, value, dtype=maps[0].dtype)
-        else:
-            better = score > best
-            best, winner = torch.where(better, score, best), torch.where(better, torch.as_tensor(value, dtype=winner.dtype), winner)
+            out += hit if weights is None else hit * weights[i]
+        return out
+
+    winner, best = label_argmax(values, score, maps[0].dtype)
     return winner, best / total
 
 
