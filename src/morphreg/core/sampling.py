@@ -28,6 +28,13 @@ def affine_points(points: torch.Tensor, matrix) -> torch.Tensor:
     return F.linear(points, m[:dim, :dim], m[:dim, dim])
 
 
+def batch_affine_points(points: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """A_n x + t_n for points (N|1, ..., dim) and a batch of maps: matrix (N, dim, dim), shift (N, dim)."""
+    view = (-1,) + (1,) * (points.dim() - 2) + (points.shape[-1],)
+    points = points.expand(len(matrix), *points.shape[1:])
+    return torch.einsum("nij,n...j->n...i", matrix, points) + shift.view(view)
+
+
 def sample(
     data: torch.Tensor,
     grid: Grid,

@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from morphreg.core.grid import Grid
-from morphreg.core.sampling import sample
+from morphreg.core.sampling import batch_affine_points, sample
 from morphreg.transforms.dense import sample_field, scaling_and_squaring
 
 
@@ -33,11 +33,12 @@ class RandomMap:
         """S(x) for points (N|1, *shape, dim) on the grid's domain."""
         u = sample_field(scaling_and_squaring(self.velocity, self.grid), self.grid, x.expand(len(self.matrix), *x.shape[1:]),
                          fill_value=None)
-        return torch.einsum("nij,n...j->n...i", self.matrix, x + u) + self.shift.view(-1, *[1] * (x.dim() - 2), x.shape[-1])
+        return batch_affine_points(x + u, self.matrix, self.shift)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """S^-1(y) for points (N|1, *shape, dim)."""
-        z = torch.einsum("nij,n...j->n...i", torch.linalg.inv(self.matrix), y - self.shift.view(-1, *[1] * (y.dim() - 2), y.shape[-1]))
+        inverse = torch.linalg.inv(self.matrix)
+        z = batch_affine_points(y, inverse, -(inverse @ self.shift.unsqueeze(-1)).squeeze(-1))  # A^-1 (y - t)
         u = sample_field(scaling_and_squaring(-self.velocity, self.grid), self.grid, z, fill_value=None)
         return z + u
 

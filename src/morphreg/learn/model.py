@@ -25,7 +25,7 @@ from torch import nn
 from morphreg.core.grid import Grid
 from morphreg.errors import MorphregError
 from morphreg.image.image import Image
-from morphreg.core.sampling import sample
+from morphreg.core.sampling import batch_affine_points, sample
 from morphreg.learn.networks import AffineHead, DilatedEncoder, FieldHead, GradientHead, UNet, integrate_gradients
 from morphreg.transforms import Transform
 from morphreg.transforms.composite import CompositeTransform
@@ -123,7 +123,8 @@ class RegistrationNet(nn.Module):
         matrix = shift = None
         if self.affine_head is not None:
             matrix, shift = self.affine_head(torch.cat([fixed, moving], dim=1))
-            moving = sample(moving, self.grid, _affine(self.grid.points(device=moving.device).unsqueeze(0), matrix, shift))
+            points = self.grid.points(device=moving.device).unsqueeze(0)
+            moving = sample(moving, self.grid, batch_affine_points(points, matrix, shift))
         out = self.head(self.backbone(torch.cat([fixed, moving], dim=1)))
         if self.kind == "gradients":
             out = integrate_gradients(out, self.space.spacing)
@@ -132,7 +133,7 @@ class RegistrationNet(nn.Module):
     def mapped(self, field: torch.Tensor, matrix: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Tensor:
         """T(x) on the canonical grid, (N, *shape, dim) mm: the deformable part, then the affine one."""
         points = self.transform(field).map_grid(self.grid, device=field.device)
-        return points if matrix is None else _affine(points, matrix, shift)
+        return points if matrix is None else batch_affine_points(points, matrix, shift)
 
     def transform(self, field: torch.Tensor, grid: Grid | None = None) -> Transform:
         """The transform of a field on ``grid`` (default the canonical grid); differentiable."""
@@ -162,12 +163,6 @@ class RegistrationNet(nn.Module):
         linear = AffineTransform(self.space.dim, (d @ matrix[0].cpu() @ d.T).numpy(), (d @ shift[0].cpu()).numpy(),
                                  grid.center())
         return CompositeTransform([linear, deformable]).freeze()
-
-
-def _affine(points: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """A x + t for points (N|1, *shape, dim) and a batch of maps (N, dim, dim), (N, dim)."""
-    view = (-1,) + (1,) * (points.dim() - 2) + (points.shape[-1],)
-    return torch.einsum("nij,n...j->n...i", matrix, points.expand(len(matrix), *points.shape[1:])) + shift.view(view)
 
 
 def save_model(net: RegistrationNet, path: str | Path, card: dict | None = None, preprocessing: dict | None = None) -> Path:

@@ -30,6 +30,7 @@ from morphreg.core.differences import mapping_jacobian_determinant
 from morphreg.core.files import atomic_path
 from morphreg.core.sampling import sample
 from morphreg.errors import MorphregError
+from morphreg.metrics.overlap import soft_dice
 from morphreg.metrics.points import centroid_distance
 from morphreg.learn.augment import change_intensity, random_map, synthesised_pair, warp_batch
 from morphreg.learn.config import RunConfig, load_config
@@ -387,10 +388,7 @@ class Trainer:
             if warped_labels is not None:
                 points = self.net.grid.points(device=self.device).unsqueeze(0)
                 centroids.append(float(centroid_distance(batch["fixed_labels"], warped_labels, points)))
-                a, b = batch["fixed_labels"] > 0.5, warped_labels > 0.5
-                inter = (a & b).flatten(2).sum(-1).float()
-                size = a.flatten(2).sum(-1).float() + b.flatten(2).sum(-1).float()
-                dices.append(float((2 * inter / size.clamp_min(1)).mean()))
+                dices.append(float(soft_dice((batch["fixed_labels"] > 0.5).float(), (warped_labels > 0.5).float())))
             det = mapping_jacobian_determinant(torch.movedim(mapped.double(), -1, 1), self.net.grid)
             folds.append(100.0 * float((det <= 0).double().mean()))
             if "target" in batch:
