@@ -191,6 +191,13 @@ class Trainer:
             self.pairs = PairFiles(pair_rows(data.mode, data.images, data.atlas, data.atlas_labels, data.atlas_side),
                                    space, data.label_channels)
         self.val_pairs = load_pairs(data.val_pairs, space, data.label_channels, data.workers) if data.val_pairs else []
+        self._check_pairs()
+        self._prepare_folder(resume)
+        self.board = _tensorboard(self.run / "tensorboard") if self.rank == 0 else None
+
+    def _check_pairs(self) -> None:
+        """What the loss and the batches need of the pairs, said in one line before any work."""
+        config, data = self.config, self.config.data
         rows = self.pairs.rows if isinstance(self.pairs, PairFiles) else self.pairs
         for name in {p.mask_name for p in self.penalties if p.mask_name}:
             if not all(f"{name}_mask" in p for p in list(rows) + list(self.val_pairs)):
@@ -206,8 +213,6 @@ class Trainer:
         if len(counts) > 1 and data.label_sampling == "all" and config.train.batch_size * self.world > 1:
             raise MorphregError(f"the pairs have {sorted(counts)} label channels: batches need one count (set "
                                 "data.label_sampling: one, or data.label_channels)", data.pairs)
-        self._prepare_folder(resume)
-        self.board = _tensorboard(self.run / "tensorboard") if self.rank == 0 else None
 
     # ----- schedule and data order ----------------------------------------------------------------------
     def _lr_factor(self, step: int) -> float:
