@@ -64,15 +64,17 @@ def _training_loss(trainer: Trainer) -> float:
     return float(sum(terms.values()))
 
 
-@pytest.mark.parametrize("dim, affine", [(2, False), (3, False), (2, True)])
-def test_training_reduces_the_loss(tmp_path, one_thread, dim, affine):
+@pytest.mark.parametrize("dim, affine, kind", [(2, False, "svf"), (3, False, "svf"), (2, True, "svf"),
+                                               (2, False, "bspline")])
+def test_training_reduces_the_loss(tmp_path, one_thread, dim, affine, kind):
     _pairs(tmp_path, dim=dim, n=3, size=40 if dim == 2 else 20)
     size, spacing = ([32, 32], [2.5, 2.5]) if dim == 2 else ([16, 16, 16], [2.5, 2.5, 2.5])
     config = load_config(None, [
         f"data.pairs={tmp_path / 'train.csv'}", f"model.dim={dim}", f"model.size={size}", f"model.spacing={spacing}",
         "model.encoder=[8,16]", "model.decoder=[16,16,8]", "loss.similarity=mse", "loss.labels=1.0",
         "train.steps=60", "train.lr=0.003", "train.batch_size=2", "train.checkpoint_every=60",
-        f"model.affine={str(affine).lower()}", f"loss.affine={0.1 if affine else 0}"])
+        f"model.affine={str(affine).lower()}", f"loss.affine={0.1 if affine else 0}", f"model.kind={kind}",
+        "model.control_mm=10", f"loss.boxes={0.5 if kind == 'bspline' else 0}"])
     trainer = Trainer(config, tmp_path / "run")
     before = _training_loss(trainer)
     trainer.fit()
@@ -81,7 +83,7 @@ def test_training_reduces_the_loss(tmp_path, one_thread, dim, affine):
     with open(tmp_path / "run" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 60 and {"similarity", "labels", "diffusion"} <= set(rows[0])  # logged term by term
-    assert ("affine" in rows[0]) == affine
+    assert ("affine" in rows[0]) == affine and ("boxes" in rows[0]) == (kind == "bspline")
     assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
 
 
@@ -121,13 +123,14 @@ def _oblique(image: Image, angle_deg: float) -> Image:
     return Image(image.data, Grid(g.size, rotation @ g.origin, g.spacing, rotation @ g.direction), image.name)
 
 
-@pytest.mark.parametrize("affine", [False, True])
-def test_prediction_follows_the_fixed_image_in_world_space(tmp_path, affine):
+@pytest.mark.parametrize("affine, kind", [(False, "svf"), (True, "svf"), (False, "bspline")])
+def test_prediction_follows_the_fixed_image_in_world_space(tmp_path, affine, kind):
     # Odd sizes, oblique directions: the model grid follows the fixed image, so turning both images in
     # the world turns the predicted transform with them: T_R(R p) = R T(p) (with an affine head too).
     torch.manual_seed(0)
-    net = RegistrationNet(ModelSpace((16, 16), (2.0, 2.0)), "svf", (8, 8), (8, 8, 8), affine=affine).eval()
-    torch.nn.init.normal_(net.head.conv.weight, std=0.5)
+    net = RegistrationNet(ModelSpace((16, 16), (2.0, 2.0)), kind, (8, 8), (8, 8, 8), affine=affine,
+                          control_mm=8.0).eval()
+    torch.nn.init.normal_(net.head.field.conv.weight if kind == "bspline" else net.head.conv.weight, std=0.5)
     if affine:
         torch.nn.init.normal_(net.affine_head.linear.weight, std=0.2)
     pair = make_phantom_pair(dim=2, size=37, spacing=1.5, seed=3)
@@ -138,6 +141,27 @@ def test_prediction_follows_the_fixed_image_in_world_space(tmp_path, affine):
     p = fixed.grid.points().reshape(-1, 2)
     assert (base.points(p) - p).norm(dim=-1).max() > 0.5  # a real deformation
     torch.testing.assert_close(turned.points(p @ r.T), base.points(p) @ r.T, atol=1e-3, rtol=0)
+
+
+def test_bspline_network_predicts_the_b_spline_transform_it_trains_with():
+    # Training uses the dense field of the coefficients on the model grid; predict writes a BSplineTransform
+    # (ITK-exportable). On a fixed image whose grid is the model grid the two must map the same.
+    from morphreg.transforms.bspline import BSplineTransform
+
+    torch.manual_seed(0)
+    net = RegistrationNet(ModelSpace((16, 16), (2.0, 2.0)), "bspline", (8, 8), (8, 8, 8), control_mm=6.0).eval()
+    torch.nn.init.normal_(net.head.field.conv.weight, std=0.5)
+    pair = make_phantom_pair(dim=2, size=16, spacing=2.0, seed=1)
+    fixed = Image(pair.fixed.data, net.grid, "f")
+    moving = Image(pair.moving.data, net.grid, "m")
+    transform = net.predict(fixed, moving)
+    assert isinstance(transform, BSplineTransform)
+    f, m = (net.space.prepare(x, net.grid).unsqueeze(0) for x in (fixed, moving))
+    with torch.no_grad():
+        field, matrix, shift = net(f, m)
+        mapped = net.mapped(field, matrix, shift)[0]
+    assert (mapped - net.grid.points()).norm(dim=-1).max() > 0.3
+    torch.testing.assert_close(transform.map_grid(net.grid)[0], mapped, atol=1e-4, rtol=0)
 
 
 def test_cli_train_resume_predict(run_2d, capfd):
@@ -219,6 +243,33 @@ def test_supervised_training_recovers_a_synthetic_family_better_than_identity(ru
     assert ratio < 0.85, (np.mean(network), np.mean(identity))  # measured 0.55 (500 steps, 14 s)
 
 
+def test_a_rigid_network_learns_rigid_maps_with_the_transformed_grid_distance(run_2d):
+    # model.kind none + model.linear rigid: the affine head alone, its matrix a rotation; loss.endpoint on a
+    # rigid family is the transformed-grid distance (TGD) of rigid registration networks.
+    config = load_config(run_2d / "cfg.yaml", [
+        "data.augment={shift_mm: 5.0, rotation_deg: 10}", "loss.similarity=null", "loss.labels=0", "loss.endpoint=1",
+        "loss.penalties=[]", "model.size=[16,16]", "model.spacing=[5,5]", "model.encoder=[16,32,32]",
+        "model.kind=none", "model.affine=true", "model.linear=rigid", "train.lr=0.003", "train.steps=300",
+        "train.batch_size=3", "train.checkpoint_every=300", "train.validate_every=300"])
+    trainer = Trainer(config, run_2d / "rigid")
+    trainer.fit()
+    x = trainer.net.grid.points().unsqueeze(0)
+    network, identity = [], []
+    for pair in trainer.val_pairs:
+        for seed in range(8):
+            batch = changed_batch({k: v.unsqueeze(0) for k, v in pair.items()}, config, trainer.net.grid,
+                                  torch.Generator().manual_seed(500 + seed))
+            with torch.no_grad():
+                terms, _, _ = batch_loss(trainer.net, batch, trainer.loss, trainer.penalties)
+                matrix, _ = trainer.net.affine_head(torch.cat([batch["fixed"], batch["moving"]], 1))
+            torch.testing.assert_close(matrix[0] @ matrix[0].T, torch.eye(2), atol=1e-5, rtol=0)  # a rotation
+            network.append(float(terms["endpoint"]))
+            identity.append(float((x - batch["target"]).norm(dim=-1).mean()))
+    assert np.mean(network) < 0.7 * np.mean(identity), (np.mean(network), np.mean(identity))  # measured 0.35
+    pair = make_phantom_pair(dim=2, size=30, spacing=1.5, seed=0)
+    assert type(trainer.net.eval().predict(pair.fixed, pair.moving)).__name__ == "AffineTransform"
+
+
 def test_random_maps_invert_exactly_for_rigid_and_closely_for_deformations():
     grid = Grid((24, 20), (-23.0, -19.0), (2.0, 2.0))
     x = grid.points().unsqueeze(0)
@@ -276,6 +327,20 @@ def test_centroid_distance_is_the_shift_of_a_blob():
     moved = torch.stack([blob(13, 10), blob(20, 12.5)], 1)  # moved by 2 and 3 voxels: 3 and 4.5 mm
     assert float(centroid_distance(fixed, moved, points)) == pytest.approx(3.75, abs=1e-4)
     assert float(centroid_distance(fixed, torch.zeros_like(moved), points)) == 0.0  # empty channels left out
+
+
+def test_box_distance_measures_shifts_and_growth_of_a_label_box():
+    from morphreg.metrics.points import box_distance
+
+    grid = Grid((60, 50), (0.0, 0.0), (0.5, 0.5))
+    points = grid.points().unsqueeze(0)
+    x, y = points[..., 0], points[..., 1]
+    box = lambda x0, x1, y0, y1: ((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)).float()[:, None]  # noqa: E731
+    fixed = box(5, 15, 5, 12)
+    assert float(box_distance(fixed, box(9, 19, 5, 12), points)) == pytest.approx(2.0, abs=0.05)  # 4 mm in x: (4+4)/2/2 axes
+    assert float(box_distance(fixed, box(5, 25, 5, 12), points)) == pytest.approx(2.5, abs=0.05)  # x grows by 10 mm
+    assert float(box_distance(fixed, fixed, points)) == pytest.approx(0.0, abs=1e-4)
+    assert float(box_distance(fixed, torch.zeros_like(fixed), points)) == 0.0
 
 
 def test_one_random_label_pair_per_step_when_pairs_have_different_channel_counts(tmp_path, capfd, one_thread):

@@ -53,12 +53,16 @@ class ModelConfig:
     dim: int = 3
     network: str = "unet"  # unet (voxelmorph-style) | dilated (the lung-MRI network's encoder, full resolution)
     kind: str = "svf"  # svf (diffeomorphic) | displacement | gradients (per-axis grid steps in (0, 2), integrated)
+    #                    | bspline (cubic B-spline control points every control_mm) | none (model.affine alone)
     size: list[int] = field(default_factory=lambda: [64, 64, 64])  # model grid points, x y [z]; divisible by 2**levels
     spacing: list[float] = field(default_factory=lambda: [2.0, 2.0, 2.0])  # model grid spacing, mm
     encoder: list[int] = field(default_factory=lambda: [16, 32, 32, 32])
     decoder: list[int] = field(default_factory=lambda: [32, 32, 32, 16])
     steps: int = 7  # scaling and squaring steps (svf)
+    control_mm: float = 10.0  # control point spacing, mm (bspline)
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])  # intensity normalisation
+    linear: str = "affine"  # the affine head's map: affine | rigid (a rotation and a shift; with model.kind none and
+    #                         loss.endpoint this is rigid training with the transformed-grid distance, TGD)
     affine: bool = False  # an affine head first (global pooling -> matrix + shift), the deformable part after it
 
 
@@ -68,7 +72,10 @@ class LossConfig:
     similarity_weight: float = 1.0
     similarity_params: dict = field(default_factory=dict)
     labels: float = 0.0  # weight of 1 - soft Dice of the warped labels (weak supervision)
+    label_scales_mm: list[float] = field(default_factory=list)  # multi-scale Dice: mean over Gaussian sigmas (mm,
+    #                                                             0 = as is) of both label maps; [] = plain Dice
     centroids: float = 0.0  # weight of mean |centroid(fixed label) - centroid(warped label)| / 10 mm (landmark blobs)
+    boxes: float = 0.0  # weight of the mean distance of the labels' bounding boxes / 10 mm (centroid +- sqrt(3) std)
     endpoint: float = 0.0  # > 0: supervised on synthetic pairs (moving = fixed through a random map S of
     #                        data.augment), weight of the mean endpoint error |T(x) - S(x)| in mm
     penalties: list[dict] = field(default_factory=lambda: [{"name": "diffusion", "weight": 1.0}])  # engine penalties;
@@ -211,6 +218,10 @@ def _check_meaning(config: RunConfig, path) -> None:
     if any(s % multiple for s in m.size) or min(m.spacing, default=1) <= 0 or len(m.decoder) < len(m.encoder):
         problems.append(f"model.size {m.size} must divide by {multiple} (2 ** len(model.encoder)), model.spacing be "
                         "positive and model.decoder have at least as many levels as model.encoder")
+    if m.kind == "none" and not m.affine or m.linear not in ("affine", "rigid"):
+        problems.append(f"model.kind none needs model.affine: true, and model.linear is affine or rigid ({m.linear!r})")
+    if m.control_mm <= 0:
+        problems.append(f"model.control_mm must be > 0, not {m.control_mm}")
     if loss.similarity is not None and loss.similarity not in SIMILARITIES:
         problems.append(f"loss.similarity {loss.similarity!r} is not one of {', '.join(SIMILARITIES)}")
     for p in loss.penalties:
@@ -218,8 +229,9 @@ def _check_meaning(config: RunConfig, path) -> None:
                 or p.get("mask") not in (None, "rigidity"):
             problems.append(f"loss.penalties entry {p!r}: {{name: one of {', '.join(PENALTIES)}, weight, params, "
                             "mask: rigidity (inside the pairs' rigidity_mask)}}")
-    if loss.similarity is None and not loss.labels and not loss.endpoint and not loss.centroids:
-        problems.append("the loss has no data term: set loss.similarity, loss.labels, loss.centroids or loss.endpoint")
+    if loss.similarity is None and not (loss.labels or loss.endpoint or loss.centroids or loss.boxes):
+        problems.append("the loss has no data term: set loss.similarity, loss.labels, loss.centroids, loss.boxes "
+                        "or loss.endpoint")
     a = config.data.augment
     if loss.endpoint and not (a.rotation_deg or a.scale or a.shift_mm or a.deformation_mm):
         problems.append("loss.endpoint (supervised training) needs random maps: set data.augment.deformation_mm "
@@ -240,6 +252,8 @@ def _check_meaning(config: RunConfig, path) -> None:
         problems.append(f"data.label_sampling must be all or one, not {config.data.label_sampling!r}")
     if loss.gradients and m.kind != "gradients":
         problems.append("loss.gradients weighs the grid steps of model.kind: gradients")
+    if any(s < 0 for s in loss.label_scales_mm) or (loss.label_scales_mm and not loss.labels):
+        problems.append(f"loss.label_scales_mm {loss.label_scales_mm} must be sigmas >= 0 mm, with loss.labels > 0")
     if loss.affine and not m.affine:
         problems.append("loss.affine weighs the affine head: set model.affine: true (or loss.affine: 0)")
     for p in loss.penalties:

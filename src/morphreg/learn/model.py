@@ -26,15 +26,19 @@ from morphreg.core.grid import Grid
 from morphreg.errors import MorphregError
 from morphreg.image.image import Image
 from morphreg.core.sampling import batch_affine_points, sample
-from morphreg.learn.networks import AffineHead, DilatedEncoder, FieldHead, GradientHead, UNet, integrate_gradients
+from morphreg.core.bspline import evaluate_bspline_separable
+from morphreg.learn.networks import (AffineHead, ControlPointHead, DilatedEncoder, FieldHead, GradientHead, UNet,
+                                     integrate_gradients)
 from morphreg.transforms import Transform
 from morphreg.transforms.composite import CompositeTransform
+from morphreg.transforms.bspline import BSplineTransform, control_grid_for
 from morphreg.transforms.linear import AffineTransform
 from morphreg.transforms.dense import DisplacementFieldTransform, StationaryVelocityFieldTransform
 
 MODEL_FORMAT = "morphreg-model"
 MODEL_VERSION = 1
-FIELD_KINDS = ("svf", "displacement", "gradients")  # gradients: the lung-MRI network's integrated grid
+FIELD_KINDS = ("svf", "displacement", "gradients", "bspline", "none")  # gradients: the lung-MRI network's
+#   integrated grid; bspline: control points every control_mm; none: the affine head alone (model.affine)
 NETWORKS = ("unet", "dilated")
 
 
@@ -80,16 +84,22 @@ class RegistrationNet(nn.Module):
     network's dilated encoder, full resolution, any size). ``kind``: "svf" (stationary velocity,
     scaling and squaring: diffeomorphic), "displacement", or "gradients" (per-axis grid steps in
     (0, 2) integrated by cumulative sums, returned as the displacement they make: grid lines never
-    fold back along their own axis; det J > 0 is *not* guaranteed, the cross terms are free).
-    Constructed from a plain config (:meth:`config`), so a model file holds no code.
+    fold back along their own axis; det J > 0 is *not* guaranteed, the cross terms are free), or
+    "bspline" (cubic B-spline coefficients on a control grid every ``control_mm`` mm, DIRNet / DLIR;
+    predicts an ITK-style B-spline transform), or "none" (no deformable part: an affine or, with
+    ``linear="rigid"``, a rigid network). Constructed from a plain config (:meth:`config`), so a model file holds no code.
     """
 
     def __init__(self, space: ModelSpace, kind: str = "svf", encoder=(16, 32, 32, 32), decoder=(32, 32, 32, 16),
-                 steps: int = 7, scale_mm: float | None = None, affine: bool = False, network: str = "unet"):
+                 steps: int = 7, scale_mm: float | None = None, affine: bool = False, network: str = "unet",
+                 control_mm: float = 10.0, linear: str = "affine"):
         super().__init__()
         if kind not in FIELD_KINDS or network not in NETWORKS:
             raise MorphregError(f"model.kind must be one of {', '.join(FIELD_KINDS)} and model.network one of "
                                 f"{', '.join(NETWORKS)}, not {kind!r} / {network!r}")
+        if kind == "none" and not affine or linear not in ("affine", "rigid"):
+            raise MorphregError(f"model.kind none needs model.affine (a linear network), and model.linear is affine or "
+                                f"rigid, not {linear!r}")
         multiple = 2 ** len(encoder)
         if network == "unet" and any(s % multiple for s in space.size):
             raise MorphregError(f"model.size {list(space.size)} must divide by {multiple} (2 ** encoder levels)")
@@ -97,19 +107,29 @@ class RegistrationNet(nn.Module):
         self.encoder, self.decoder = tuple(encoder), tuple(decoder)
         # Output unit: a few voxels, so the last layer works in a unit range whatever the spacing.
         self.scale_mm = float(scale_mm if scale_mm is not None else 4 * max(space.spacing))
-        self.backbone = UNet(space.dim, 2, self.encoder, self.decoder) if network == "unet" else \
-            DilatedEncoder(space.dim, 2, self.encoder[0])
-        self.head = GradientHead(space.dim, self.backbone.out_channels) if kind == "gradients" else \
-            FieldHead(space.dim, self.backbone.out_channels, self.scale_mm)
+        self.backbone = None if kind == "none" else UNet(space.dim, 2, self.encoder, self.decoder) \
+            if network == "unet" else DilatedEncoder(space.dim, 2, self.encoder[0])
         self.grid = space.canonical()
-        self.affine = bool(affine)
+        self.control_mm = float(control_mm)
+        if kind == "none":
+            self.head = None
+        elif kind == "gradients":
+            self.head = GradientHead(space.dim, self.backbone.out_channels)
+        elif kind == "bspline":
+            self.control_grid = control_grid_for(self.grid, self.control_mm)
+            self.head = ControlPointHead(space.dim, self.backbone.out_channels, self.scale_mm, self.control_grid.shape)
+        else:
+            self.head = FieldHead(space.dim, self.backbone.out_channels, self.scale_mm)
+        self.affine, self.linear = bool(affine), linear
         # affine -> deformable in one model: the deformable part sees the moving image after the affine map.
-        self.affine_head = AffineHead(space.dim, 2, self.encoder, 10 * self.scale_mm) if affine else None
+        self.affine_head = AffineHead(space.dim, 2, self.encoder, 10 * self.scale_mm, rigid=linear == "rigid") \
+            if affine else None
 
     def config(self) -> dict:
         return {"space": {k: list(v) for k, v in asdict(self.space).items()}, "kind": self.kind,
                 "encoder": list(self.encoder), "decoder": list(self.decoder), "steps": self.steps,
-                "scale_mm": self.scale_mm, "affine": self.affine, "network": self.network}
+                "scale_mm": self.scale_mm, "affine": self.affine, "network": self.network, "control_mm": self.control_mm,
+                "linear": self.linear}
 
     @classmethod
     def from_config(cls, config: dict) -> "RegistrationNet":
@@ -119,16 +139,34 @@ class RegistrationNet(nn.Module):
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor):
         """fixed, moving: (N, 1, *shape) on the canonical grid -> (field (N, dim, *shape) mm, matrix
-        (N, dim, dim) and shift (N, dim) mm of the affine part, or None, None)."""
+        (N, dim, dim) and shift (N, dim) mm of the affine part, or None, None). The field is a velocity
+        (svf) or a displacement (the other kinds) on the model grid."""
+        out, matrix, shift = self.head_output(fixed, moving)
+        return self.dense(out), matrix, shift
+
+    def head_output(self, fixed: torch.Tensor, moving: torch.Tensor):
+        """Like :meth:`forward`, with what the head gives before it becomes a dense field: the field, or
+        (bspline) coefficients (N, dim, *control shape) mm, or (gradients) grid steps."""
         matrix = shift = None
         if self.affine_head is not None:
             matrix, shift = self.affine_head(torch.cat([fixed, moving], dim=1))
             points = self.grid.points(device=moving.device).unsqueeze(0)
             moving = sample(moving, self.grid, batch_affine_points(points, matrix, shift))
-        out = self.head(self.backbone(torch.cat([fixed, moving], dim=1)))
+        if self.head is None:  # a linear network: a zero displacement keeps one code path for the losses
+            return fixed.new_zeros(fixed.shape[0], self.space.dim, *fixed.shape[2:]), matrix, shift
+        return self.head(self.backbone(torch.cat([fixed, moving], dim=1))), matrix, shift
+
+    def dense(self, out: torch.Tensor) -> torch.Tensor:
+        """The head's output as a field (N, dim, *shape) on the model grid."""
         if self.kind == "gradients":
-            out = integrate_gradients(out, self.space.spacing)
-        return out, matrix, shift
+            return integrate_gradients(out, self.space.spacing)
+        if self.kind == "bspline":  # the model grid's points in control-grid index units, one axis at a time
+            offset = self.control_grid.world_to_index_points(self.grid.origin)
+            ratio = self.grid.spacing / self.control_grid.spacing
+            axes = [offset[k] + torch.arange(self.grid.size[k], dtype=out.dtype, device=out.device) * float(ratio[k])
+                    for k in range(self.space.dim)]
+            return evaluate_bspline_separable(out, axes, boundary="zero")
+        return out
 
     def mapped(self, field: torch.Tensor, matrix: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Tensor:
         """T(x) on the canonical grid, (N, *shape, dim) mm: the deformable part, then the affine one."""
@@ -151,18 +189,27 @@ class RegistrationNet(nn.Module):
         grid = self.space.grid_for(fixed.grid)
         device = next(self.parameters()).device
         f, m = (self.space.prepare(x, grid).unsqueeze(0).to(device) for x in (fixed, moving))
-        field, matrix, shift = self(f, m)
+        out, matrix, shift = self.head_output(f, m)
+        field = out if self.kind == "bspline" else self.dense(out)
+        if self.kind == "none":
+            return self._world_linear(grid, matrix, shift).freeze()
         # Canonical axes -> world axes: the model grid's direction turns every vector.
         direction = torch.as_tensor(grid.direction, dtype=field.dtype, device=field.device)
         field = torch.einsum("ij,nj...->ni...", direction, field)
-        deformable = self.transform(field.cpu(), grid)
+        if self.kind == "bspline":  # the same control grid about the world model grid
+            deformable = BSplineTransform(control_grid_for(grid, self.control_mm), field.cpu(), domain=grid)
+        else:
+            deformable = self.transform(field.cpu(), grid)
         if matrix is None:
             return deformable.freeze()
-        # The affine part about the grid centre c: y = c + D (A D^T (x - c) + t).
-        d = direction.cpu()
-        linear = AffineTransform(self.space.dim, (d @ matrix[0].cpu() @ d.T).numpy(), (d @ shift[0].cpu()).numpy(),
-                                 grid.center())
-        return CompositeTransform([linear, deformable]).freeze()
+        return CompositeTransform([self._world_linear(grid, matrix, shift), deformable]).freeze()
+
+    @staticmethod
+    def _world_linear(grid: Grid, matrix: torch.Tensor, shift: torch.Tensor) -> AffineTransform:
+        """The affine head's map in world mm: about the grid centre c, y = c + D (A D^T (x - c) + t)."""
+        d = torch.as_tensor(grid.direction, dtype=matrix.dtype)
+        return AffineTransform(grid.dim, (d @ matrix[0].cpu() @ d.T).numpy(), (d @ shift[0].cpu()).numpy(),
+                               grid.center())
 
 
 def save_model(net: RegistrationNet, path: str | Path, card: dict | None = None, preprocessing: dict | None = None) -> Path:

@@ -81,12 +81,29 @@ class FieldHead(nn.Module):
         return self.conv(x) * self.scale_mm
 
 
+class ControlPointHead(nn.Module):
+    """Features -> cubic B-spline coefficients (N, dim, *control_shape) mm: a :class:`FieldHead` averaged
+    over the cells of the control grid (DIRNet / de Vos' DLIR predict control-point displacements)."""
+
+    def __init__(self, dim: int, in_channels: int, scale_mm: float, control_shape):
+        super().__init__()
+        self.field = FieldHead(dim, in_channels, scale_mm)
+        self.control_shape = tuple(int(n) for n in control_shape)
+        self.pool = nn.AdaptiveAvgPool2d(self.control_shape) if dim == 2 else nn.AdaptiveAvgPool3d(self.control_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.field(x))
+
+
 class AffineHead(nn.Module):
     """(fixed, moving) -> an affine map about the grid centre: strided convolutions, global average
     pooling, one linear layer to the dim x dim matrix and the shift (mm). Zero-initialised: the
-    identity at the start (DLIR / the lung-MRI network's linear branch)."""
+    identity at the start (DLIR / the lung-MRI network's linear branch). ``rigid``: the matrix is the
+    exponential of the skew-symmetric part of the dim x dim outputs, a rotation (for rigid training
+    with the transformed-grid distance)."""
 
-    def __init__(self, dim: int, in_channels: int, encoder=(16, 32, 32, 32), shift_scale_mm: float = 10.0):
+    def __init__(self, dim: int, in_channels: int, encoder=(16, 32, 32, 32), shift_scale_mm: float = 10.0,
+                 rigid: bool = False):
         super().__init__()
         blocks, channels = [], in_channels
         for width in encoder:
@@ -96,14 +113,18 @@ class AffineHead(nn.Module):
         self.linear = nn.Linear(channels, dim * dim + dim)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
-        self.dim, self.shift_scale_mm = dim, float(shift_scale_mm)
+        self.dim, self.shift_scale_mm, self.rigid = dim, float(shift_scale_mm), bool(rigid)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C, *spatial) -> matrix (N, dim, dim), shift (N, dim) mm."""
         pooled = self.encoder(x).flatten(2).mean(-1)
         params = self.linear(pooled)
         d = self.dim
-        matrix = torch.eye(d, dtype=x.dtype, device=x.device) + params[:, : d * d].view(-1, d, d)
+        p = params[:, : d * d].view(-1, d, d)
+        if self.rigid:
+            matrix = torch.linalg.matrix_exp((p - p.transpose(1, 2)) / 2)
+        else:
+            matrix = torch.eye(d, dtype=x.dtype, device=x.device) + p
         return matrix, params[:, d * d:] * self.shift_scale_mm
 
 

@@ -67,14 +67,15 @@ def _start_distributed(device: str) -> tuple[int, int]:
 def network_of(config: RunConfig) -> RegistrationNet:
     m = config.model
     space = ModelSpace(tuple(m.size), tuple(float(s) for s in m.spacing), tuple(m.percentiles))
-    return RegistrationNet(space, m.kind, m.encoder, m.decoder, m.steps, affine=m.affine, network=m.network)
+    return RegistrationNet(space, m.kind, m.encoder, m.decoder, m.steps, affine=m.affine, network=m.network,
+                           control_mm=m.control_mm, linear=m.linear)
 
 
 def stage_loss(config: RunConfig) -> tuple[StageLoss, list[PenaltyTerm]]:
     loss = config.loss
     stage = StageLoss(loss.similarity, dict(loss.similarity_params), loss.similarity_weight,
                       penalties=list(loss.penalties), label_weight=loss.labels, endpoint_weight=loss.endpoint,
-                      centroid_weight=loss.centroids)
+                      centroid_weight=loss.centroids, box_weight=loss.boxes, label_scales_mm=tuple(loss.label_scales_mm))
     return stage, [PenaltyTerm(p["name"], float(p.get("weight", 1.0)), dict(p.get("params") or {}), mask_name=p.get("mask"))
                    for p in loss.penalties]
 
@@ -178,6 +179,7 @@ class Trainer:
         self.loss, self.penalties = stage_loss(config)
         self.term_names = [n for n, w in (("similarity", config.loss.similarity and config.loss.similarity_weight),
                                           ("labels", config.loss.labels), ("centroids", config.loss.centroids),
+                                          ("boxes", config.loss.boxes),
                                           ("endpoint", config.loss.endpoint),
                                           ("affine", config.model.affine and config.loss.affine),
                                           ("gradients", config.loss.gradients)) if w]
@@ -206,8 +208,8 @@ class Trainer:
         if data.synthesise and not all("fixed_labels" in p for p in rows):
             raise MorphregError("data.synthesise makes images from the label maps: every pair needs fixed_labels and "
                                 "moving_labels", data.pairs or data.images)
-        if (config.loss.labels or config.loss.centroids) and not all("fixed_labels" in p for p in rows):
-            raise MorphregError("loss.labels / loss.centroids > 0 but some training pairs have no fixed_labels / "
+        if (config.loss.labels or config.loss.centroids or config.loss.boxes) and not all("fixed_labels" in p for p in rows):
+            raise MorphregError("loss.labels / centroids / boxes > 0 but some training pairs have no fixed_labels / "
                                 "moving_labels", data.pairs or data.images)
         counts = {p["fixed_labels"].shape[0] for p in rows if "fixed_labels" in p and not isinstance(p["fixed_labels"], str)}
         if len(counts) > 1 and data.label_sampling == "all" and config.train.batch_size * self.world > 1:

@@ -5,9 +5,11 @@ next, by network training:
 
     J = w_sim * D(F, M o T)                         "similarity"   (N, C, *spatial) images, mask
       + w_label * (1 - soft Dice(F_lab, M_lab o T))  "labels"       (N, K, *spatial) one-hot / soft
+                                                     (mean over Gaussian scales when label_scales_mm is set)
       + w_landmark * mean |T(p) - q|^2 / (10 mm)^2   "landmarks"    (..., K, dim) mm
       + w_endpoint * mean |T(x) - S(x)| / 1 mm       "endpoint"     (N, *shape, dim) mm, S known (training)
       + w_centroid * mean |c(F_lab) - c(M_lab o T)| / 10 mm   "centroids"  label centroids (landmark blobs)
+      + w_box * mean box distance(F_lab, M_lab o T) / 10 mm   "boxes"      label bounding boxes (moments)
       + sum_i alpha_i * R_i(field of T)              penalty names  (N, dim, *field grid) mm
 
 D is a registered similarity (``morphreg.metrics.SIMILARITIES``; the registry says which need the
@@ -23,8 +25,8 @@ import torch
 from morphreg.core.grid import Grid
 from morphreg.errors import MorphregError
 from morphreg.metrics.losses import similarity_term
-from morphreg.metrics.overlap import soft_dice_loss
-from morphreg.metrics.points import centroid_distance, endpoint_error, landmark_loss
+from morphreg.metrics.overlap import multiscale_soft_dice_loss, soft_dice_loss
+from morphreg.metrics.points import box_distance, centroid_distance, endpoint_error, landmark_loss
 from morphreg.regularizers.penalties import penalty_function
 
 
@@ -62,6 +64,8 @@ class StageLoss:
     landmark_scale_mm: float = 10.0
     endpoint_weight: float = 0.0
     centroid_weight: float = 0.0
+    box_weight: float = 0.0
+    label_scales_mm: tuple[float, ...] = ()  # multi-scale Dice: Gaussian sigmas in mm (0 = unsmoothed); () = plain
 
 
 def loss_terms(loss: StageLoss, *, fixed=None, warped=None, mask=None, grid: Grid | None = None,
@@ -81,10 +85,17 @@ def loss_terms(loss: StageLoss, *, fixed=None, warped=None, mask=None, grid: Gri
         d = similarity_term(loss.similarity, fixed, warped, mask, grid, **loss.similarity_params)
         terms["similarity"] = loss.similarity_weight * d
     if loss.label_weight and fixed_labels is not None:
-        terms["labels"] = loss.label_weight * soft_dice_loss(fixed_labels, warped_labels)
+        if loss.label_scales_mm:
+            sigmas = [(float(s) / grid.spacing).tolist() for s in loss.label_scales_mm]
+            terms["labels"] = loss.label_weight * multiscale_soft_dice_loss(fixed_labels, warped_labels, sigmas)
+        else:
+            terms["labels"] = loss.label_weight * soft_dice_loss(fixed_labels, warped_labels)
     if loss.centroid_weight and fixed_labels is not None:
         points = grid.points(device=fixed_labels.device, dtype=fixed_labels.dtype).unsqueeze(0)
         terms["centroids"] = loss.centroid_weight * centroid_distance(fixed_labels, warped_labels, points) / 10.0
+    if loss.box_weight and fixed_labels is not None:
+        points = grid.points(device=fixed_labels.device, dtype=fixed_labels.dtype).unsqueeze(0)
+        terms["boxes"] = loss.box_weight * box_distance(fixed_labels, warped_labels, points) / 10.0
     if loss.landmark_weight and mapped_points is not None:
         terms["landmarks"] = loss.landmark_weight * landmark_loss(mapped_points, target_points, loss.landmark_scale_mm)
     if loss.endpoint_weight and target_grid is not None:
@@ -104,4 +115,4 @@ def total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
     return out
 
 
-DATA_TERMS = ("similarity", "labels", "landmarks", "endpoint", "centroids")
+DATA_TERMS = ("similarity", "labels", "landmarks", "endpoint", "centroids", "boxes")
