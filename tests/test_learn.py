@@ -64,9 +64,9 @@ def _training_loss(trainer: Trainer) -> float:
     return float(sum(terms.values()))
 
 
-@pytest.mark.parametrize("dim, affine, kind", [(2, False, "svf"), (3, False, "svf"), (2, True, "svf"),
-                                               (2, False, "bspline")])
-def test_training_reduces_the_loss(tmp_path, one_thread, dim, affine, kind):
+@pytest.mark.parametrize("dim, affine, kind, cascade", [(2, False, "svf", 1), (3, False, "svf", 1), (2, True, "svf", 1),
+                                                        (2, False, "bspline", 1), (2, True, "svf", 2)])
+def test_training_reduces_the_loss(tmp_path, one_thread, dim, affine, kind, cascade):
     _pairs(tmp_path, dim=dim, n=3, size=40 if dim == 2 else 20)
     size, spacing = ([32, 32], [2.5, 2.5]) if dim == 2 else ([16, 16, 16], [2.5, 2.5, 2.5])
     config = load_config(None, [
@@ -74,7 +74,7 @@ def test_training_reduces_the_loss(tmp_path, one_thread, dim, affine, kind):
         "model.encoder=[8,16]", "model.decoder=[16,16,8]", "loss.similarity=mse", "loss.labels=1.0",
         "train.steps=60", "train.lr=0.003", "train.batch_size=2", "train.checkpoint_every=60",
         f"model.affine={str(affine).lower()}", f"loss.affine={0.1 if affine else 0}", f"model.kind={kind}",
-        "model.control_mm=10", f"loss.boxes={0.5 if kind == 'bspline' else 0}"])
+        "model.control_mm=10", f"loss.boxes={0.5 if kind == 'bspline' else 0}", f"model.cascade={cascade}"])
     trainer = Trainer(config, tmp_path / "run")
     before = _training_loss(trainer)
     trainer.fit()
@@ -123,14 +123,16 @@ def _oblique(image: Image, angle_deg: float) -> Image:
     return Image(image.data, Grid(g.size, rotation @ g.origin, g.spacing, rotation @ g.direction), image.name)
 
 
-@pytest.mark.parametrize("affine, kind", [(False, "svf"), (True, "svf"), (False, "bspline")])
-def test_prediction_follows_the_fixed_image_in_world_space(tmp_path, affine, kind):
+@pytest.mark.parametrize("affine, kind, cascade", [(False, "svf", 1), (True, "svf", 1), (False, "bspline", 1),
+                                                   (True, "displacement", 2)])
+def test_prediction_follows_the_fixed_image_in_world_space(tmp_path, affine, kind, cascade):
     # Odd sizes, oblique directions: the model grid follows the fixed image, so turning both images in
     # the world turns the predicted transform with them: T_R(R p) = R T(p) (with an affine head too).
     torch.manual_seed(0)
     net = RegistrationNet(ModelSpace((16, 16), (2.0, 2.0)), kind, (8, 8), (8, 8, 8), affine=affine,
-                          control_mm=8.0).eval()
-    torch.nn.init.normal_(net.head.field.conv.weight if kind == "bspline" else net.head.conv.weight, std=0.5)
+                          control_mm=8.0, cascade=cascade).eval()
+    for head in [net.head] + [stage[1] for stage in net.refiners]:
+        torch.nn.init.normal_(head.field.conv.weight if kind == "bspline" else head.conv.weight, std=0.5)
     if affine:
         torch.nn.init.normal_(net.affine_head.linear.weight, std=0.2)
     pair = make_phantom_pair(dim=2, size=37, spacing=1.5, seed=3)
@@ -161,6 +163,26 @@ def test_bspline_network_predicts_the_b_spline_transform_it_trains_with():
         field, matrix, shift = net(f, m)
         mapped = net.mapped(field, matrix, shift)[0]
     assert (mapped - net.grid.points()).norm(dim=-1).max() > 0.3
+    torch.testing.assert_close(transform.map_grid(net.grid)[0], mapped, atol=1e-4, rtol=0)
+
+
+def test_a_cascade_predicts_its_stages_composed_as_it_trains_with():
+    # Two coarse-to-fine stages: predict gives Composite([affine, T1, T2]) whose map on the model grid equals the
+    # training map x -> A(T1(T2(x))), and the second stage saw the moving image through the first.
+    torch.manual_seed(0)
+    net = RegistrationNet(ModelSpace((16, 16), (2.0, 2.0)), "svf", (8, 8), (8, 8, 8), affine=True, cascade=2).eval()
+    for head in (net.head, net.refiners[0][1]):
+        torch.nn.init.normal_(head.conv.weight, std=0.5)
+    torch.nn.init.normal_(net.affine_head.linear.weight, std=0.1)
+    pair = make_phantom_pair(dim=2, size=16, spacing=2.0, seed=1)
+    fixed, moving = Image(pair.fixed.data, net.grid, "f"), Image(pair.moving.data, net.grid, "m")
+    transform = net.predict(fixed, moving)
+    assert [type(t).__name__ for t in transform.transforms] == ["AffineTransform"] + ["StationaryVelocityFieldTransform"] * 2
+    f, m = (net.space.prepare(x, net.grid).unsqueeze(0) for x in (fixed, moving))
+    with torch.no_grad():
+        field, matrix, shift = net(f, m)
+        mapped = net.mapped(field, matrix, shift)[0]
+    assert field.shape[1] == 4 and all(float(s.abs().max()) > 0.1 for s in net.stage_fields(field))
     torch.testing.assert_close(transform.map_grid(net.grid)[0], mapped, atol=1e-4, rtol=0)
 
 

@@ -60,6 +60,8 @@ class ModelConfig:
     decoder: list[int] = field(default_factory=lambda: [32, 32, 32, 16])
     steps: int = 7  # scaling and squaring steps (svf)
     control_mm: float = 10.0  # control point spacing, mm (bspline)
+    cascade: int = 1  # coarse-to-fine stages (svf, displacement): stage k of K works at 2 ** (K - k) x the spacing on
+    #                   the moving image warped by the stages before; their fields compose. size divides by 2 ** (levels + K - 1)
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])  # intensity normalisation
     linear: str = "affine"  # the affine head's map: affine | rigid (a rotation and a shift; with model.kind none and
     #                         loss.endpoint this is rigid training with the transformed-grid distance, TGD)
@@ -212,14 +214,16 @@ def _check_meaning(config: RunConfig, path) -> None:
         problems.append(f"model.dim must be 2 or 3 and model.size / model.spacing have dim values ({m.dim})")
     if m.kind not in FIELD_KINDS:
         problems.append(f"model.kind must be one of {', '.join(FIELD_KINDS)}, not {m.kind!r}")
-    multiple = 2 ** len(m.encoder) if m.network == "unet" else 1
+    multiple = 2 ** ((len(m.encoder) if m.network == "unet" else 0) + max(m.cascade, 1) - 1)
     if m.network not in NETWORKS:
         problems.append(f"model.network must be one of {', '.join(NETWORKS)}, not {m.network!r}")
     if any(s % multiple for s in m.size) or min(m.spacing, default=1) <= 0 or len(m.decoder) < len(m.encoder):
-        problems.append(f"model.size {m.size} must divide by {multiple} (2 ** len(model.encoder)), model.spacing be "
+        problems.append(f"model.size {m.size} must divide by {multiple} (2 ** (len(model.encoder) + cascade - 1)), model.spacing be "
                         "positive and model.decoder have at least as many levels as model.encoder")
     if m.kind == "none" and not m.affine or m.linear not in ("affine", "rigid"):
         problems.append(f"model.kind none needs model.affine: true, and model.linear is affine or rigid ({m.linear!r})")
+    if m.cascade < 1 or (m.cascade > 1 and m.kind not in ("svf", "displacement")):
+        problems.append(f"model.cascade {m.cascade} must be >= 1, and > 1 only with model.kind svf or displacement")
     if m.control_mm <= 0:
         problems.append(f"model.control_mm must be > 0, not {m.control_mm}")
     if loss.similarity is not None and loss.similarity not in SIMILARITIES:

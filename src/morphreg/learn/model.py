@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from morphreg.core.grid import Grid
 from morphreg.errors import MorphregError
@@ -92,7 +93,7 @@ class RegistrationNet(nn.Module):
 
     def __init__(self, space: ModelSpace, kind: str = "svf", encoder=(16, 32, 32, 32), decoder=(32, 32, 32, 16),
                  steps: int = 7, scale_mm: float | None = None, affine: bool = False, network: str = "unet",
-                 control_mm: float = 10.0, linear: str = "affine"):
+                 control_mm: float = 10.0, linear: str = "affine", cascade: int = 1):
         super().__init__()
         if kind not in FIELD_KINDS or network not in NETWORKS:
             raise MorphregError(f"model.kind must be one of {', '.join(FIELD_KINDS)} and model.network one of "
@@ -100,36 +101,46 @@ class RegistrationNet(nn.Module):
         if kind == "none" and not affine or linear not in ("affine", "rigid"):
             raise MorphregError(f"model.kind none needs model.affine (a linear network), and model.linear is affine or "
                                 f"rigid, not {linear!r}")
-        multiple = 2 ** len(encoder)
-        if network == "unet" and any(s % multiple for s in space.size):
-            raise MorphregError(f"model.size {list(space.size)} must divide by {multiple} (2 ** encoder levels)")
+        if cascade < 1 or (cascade > 1 and kind not in ("svf", "displacement")):
+            raise MorphregError(f"model.cascade {cascade} must be >= 1, and > 1 only for model.kind svf or displacement")
+        multiple = 2 ** (len(encoder) + cascade - 1) if network == "unet" else 2 ** (cascade - 1)
+        if any(s % multiple for s in space.size):
+            raise MorphregError(f"model.size {list(space.size)} must divide by {multiple} "
+                                "(2 ** (encoder levels + cascade stages - 1))")
         self.space, self.kind, self.steps, self.network = space, kind, int(steps), network
         self.encoder, self.decoder = tuple(encoder), tuple(decoder)
         # Output unit: a few voxels, so the last layer works in a unit range whatever the spacing.
         self.scale_mm = float(scale_mm if scale_mm is not None else 4 * max(space.spacing))
-        self.backbone = None if kind == "none" else UNet(space.dim, 2, self.encoder, self.decoder) \
-            if network == "unet" else DilatedEncoder(space.dim, 2, self.encoder[0])
         self.grid = space.canonical()
-        self.control_mm = float(control_mm)
-        if kind == "none":
-            self.head = None
-        elif kind == "gradients":
-            self.head = GradientHead(space.dim, self.backbone.out_channels)
-        elif kind == "bspline":
-            self.control_grid = control_grid_for(self.grid, self.control_mm)
-            self.head = ControlPointHead(space.dim, self.backbone.out_channels, self.scale_mm, self.control_grid.shape)
-        else:
-            self.head = FieldHead(space.dim, self.backbone.out_channels, self.scale_mm)
+        self.control_mm, self.cascade = float(control_mm), int(cascade)
+        self.backbone, self.head = self._stage_modules()
+        # A coarse-to-fine cascade: stage k of K sees the images averaged over 2 ** (K - 1 - k) voxels and the
+        # moving image through the fields of the stages before it; the fields compose.
+        self.refiners = nn.ModuleList(nn.ModuleList(self._stage_modules()) for _ in range(self.cascade - 1))
         self.affine, self.linear = bool(affine), linear
         # affine -> deformable in one model: the deformable part sees the moving image after the affine map.
         self.affine_head = AffineHead(space.dim, 2, self.encoder, 10 * self.scale_mm, rigid=linear == "rigid") \
             if affine else None
 
+    def _stage_modules(self) -> tuple[nn.Module | None, nn.Module | None]:
+        """(backbone, head) of one deformable stage."""
+        dim = self.space.dim
+        if self.kind == "none":
+            return None, None
+        backbone = UNet(dim, 2, self.encoder, self.decoder) if self.network == "unet" else \
+            DilatedEncoder(dim, 2, self.encoder[0])
+        if self.kind == "gradients":
+            return backbone, GradientHead(dim, backbone.out_channels)
+        if self.kind == "bspline":
+            self.control_grid = control_grid_for(self.grid, self.control_mm)
+            return backbone, ControlPointHead(dim, backbone.out_channels, self.scale_mm, self.control_grid.shape)
+        return backbone, FieldHead(dim, backbone.out_channels, self.scale_mm)
+
     def config(self) -> dict:
         return {"space": {k: list(v) for k, v in asdict(self.space).items()}, "kind": self.kind,
                 "encoder": list(self.encoder), "decoder": list(self.decoder), "steps": self.steps,
                 "scale_mm": self.scale_mm, "affine": self.affine, "network": self.network, "control_mm": self.control_mm,
-                "linear": self.linear}
+                "linear": self.linear, "cascade": self.cascade}
 
     @classmethod
     def from_config(cls, config: dict) -> "RegistrationNet":
@@ -140,7 +151,8 @@ class RegistrationNet(nn.Module):
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor):
         """fixed, moving: (N, 1, *shape) on the canonical grid -> (field (N, dim, *shape) mm, matrix
         (N, dim, dim) and shift (N, dim) mm of the affine part, or None, None). The field is a velocity
-        (svf) or a displacement (the other kinds) on the model grid."""
+        (svf) or a displacement (the other kinds) on the model grid; a cascade of K stages gives their K
+        fields one after the other, (N, K * dim, *shape) (:meth:`stage_fields` splits them)."""
         out, matrix, shift = self.head_output(fixed, moving)
         return self.dense(out), matrix, shift
 
@@ -154,7 +166,34 @@ class RegistrationNet(nn.Module):
             moving = sample(moving, self.grid, batch_affine_points(points, matrix, shift))
         if self.head is None:  # a linear network: a zero displacement keeps one code path for the losses
             return fixed.new_zeros(fixed.shape[0], self.space.dim, *fixed.shape[2:]), matrix, shift
-        return self.head(self.backbone(torch.cat([fixed, moving], dim=1))), matrix, shift
+        outs = []
+        for k, (backbone, head) in enumerate([(self.backbone, self.head), *self.refiners]):
+            current = moving if not outs else sample(moving, self.grid, self._composed(outs))
+            outs.append(self._stage(backbone, head, fixed, current, 2 ** (self.cascade - 1 - k)))
+        return torch.cat(outs, 1), matrix, shift
+
+    @staticmethod
+    def _stage(backbone, head, fixed: torch.Tensor, moving: torch.Tensor, factor: int) -> torch.Tensor:
+        """One stage's head output, computed on the images averaged over ``factor`` voxels per axis."""
+        x = torch.cat([fixed, moving], dim=1)
+        if factor == 1:
+            return head(backbone(x))
+        pool = F.avg_pool2d if x.dim() == 4 else F.avg_pool3d
+        out = head(backbone(pool(x, factor)))
+        return F.interpolate(out, scale_factor=factor, mode="bilinear" if x.dim() == 4 else "trilinear")
+
+    def stage_fields(self, field: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The fields of the cascade's stages, each (N, dim, *shape) (one for a single network)."""
+        return field.split(self.space.dim, dim=1)
+
+    def _composed(self, fields) -> torch.Tensor:
+        """x -> T_1(T_2(...T_k(x))) on the canonical grid, (N, *shape, dim): the stages' maps composed
+        (the first stage's map applied last, as the moving image went through them in that order)."""
+        fields = list(fields)
+        points = self.transform(fields[-1]).map_grid(self.grid, device=fields[-1].device)
+        for f in reversed(fields[:-1]):
+            points = self.transform(f).points(points)
+        return points
 
     def dense(self, out: torch.Tensor) -> torch.Tensor:
         """The head's output as a field (N, dim, *shape) on the model grid."""
@@ -170,7 +209,7 @@ class RegistrationNet(nn.Module):
 
     def mapped(self, field: torch.Tensor, matrix: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Tensor:
         """T(x) on the canonical grid, (N, *shape, dim) mm: the deformable part, then the affine one."""
-        points = self.transform(field).map_grid(self.grid, device=field.device)
+        points = self._composed(self.stage_fields(field))
         return points if matrix is None else batch_affine_points(points, matrix, shift)
 
     def transform(self, field: torch.Tensor, grid: Grid | None = None) -> Transform:
@@ -195,14 +234,14 @@ class RegistrationNet(nn.Module):
             return self._world_linear(grid, matrix, shift).freeze()
         # Canonical axes -> world axes: the model grid's direction turns every vector.
         direction = torch.as_tensor(grid.direction, dtype=field.dtype, device=field.device)
-        field = torch.einsum("ij,nj...->ni...", direction, field)
+        turned = [torch.einsum("ij,nj...->ni...", direction, f).cpu() for f in self.stage_fields(field)]
         if self.kind == "bspline":  # the same control grid about the world model grid
-            deformable = BSplineTransform(control_grid_for(grid, self.control_mm), field.cpu(), domain=grid)
+            stages = [BSplineTransform(control_grid_for(grid, self.control_mm), turned[0], domain=grid)]
         else:
-            deformable = self.transform(field.cpu(), grid)
-        if matrix is None:
-            return deformable.freeze()
-        return CompositeTransform([self._world_linear(grid, matrix, shift), deformable]).freeze()
+            stages = [self.transform(f, grid) for f in turned]
+        if matrix is not None:
+            stages.insert(0, self._world_linear(grid, matrix, shift))
+        return (stages[0] if len(stages) == 1 else CompositeTransform(stages)).freeze()
 
     @staticmethod
     def _world_linear(grid: Grid, matrix: torch.Tensor, shift: torch.Tensor) -> AffineTransform:

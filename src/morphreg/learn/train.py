@@ -68,7 +68,7 @@ def network_of(config: RunConfig) -> RegistrationNet:
     m = config.model
     space = ModelSpace(tuple(m.size), tuple(float(s) for s in m.spacing), tuple(m.percentiles))
     return RegistrationNet(space, m.kind, m.encoder, m.decoder, m.steps, affine=m.affine, network=m.network,
-                           control_mm=m.control_mm, linear=m.linear)
+                           control_mm=m.control_mm, linear=m.linear, cascade=m.cascade)
 
 
 def stage_loss(config: RunConfig) -> tuple[StageLoss, list[PenaltyTerm]]:
@@ -127,9 +127,13 @@ def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: li
     mapped = net.mapped(field, matrix, shift)
     warped = sample(batch["moving"], grid, mapped)
     warped_labels = sample(batch["moving_labels"], grid, mapped) if "moving_labels" in batch else None
+    stages = net.stage_fields(field)
     terms = loss_terms(loss, fixed=batch["fixed"], warped=warped, mask=batch.get("fixed_mask"), grid=grid,
-                       fixed_labels=batch.get("fixed_labels"), warped_labels=warped_labels, field=field,
+                       fixed_labels=batch.get("fixed_labels"), warped_labels=warped_labels, field=stages[0],
                        field_grid=grid, penalties=penalties, mapped_grid=mapped, target_grid=batch.get("target"))
+    for later in stages[1:]:  # a cascade: each stage's field is penalised
+        for name, value in loss_terms(loss, field=later, field_grid=grid, penalties=penalties).items():
+            terms[name] = terms[name] + value
     if affine_weight and matrix is not None:
         terms["affine"] = affine_weight * (matrix - torch.eye(grid.dim, device=matrix.device)).abs().mean()
     if gradient_weight:
