@@ -24,6 +24,7 @@ from morphreg.learn.data import collate
 from morphreg.learn.model import ModelSpace, RegistrationNet, load_model, save_model
 from morphreg.learn.networks import grid_gradients, integrate_gradients
 from morphreg.learn.augment import random_map, synthesised_pair
+from morphreg.core.sampling import sample
 from morphreg.learn.train import Trainer, batch_loss, changed_batch
 from morphreg.learn.zoo import shipped_models
 from morphreg.metrics.points import centroid_distance
@@ -184,6 +185,25 @@ def test_a_cascade_predicts_its_stages_composed_as_it_trains_with():
         mapped = net.mapped(field, matrix, shift)[0]
     assert field.shape[1] == 4 and all(float(s.abs().max()) > 0.1 for s in net.stage_fields(field))
     torch.testing.assert_close(transform.map_grid(net.grid)[0], mapped, atol=1e-4, rtol=0)
+
+
+def test_the_symmetric_loss_averages_both_directions(run_2d):
+    # loss.symmetric: the data terms are the mean of fixed vs moving o T and moving vs fixed o T^-1 = exp(-v).
+    trainer = Trainer(load_config(run_2d / "cfg.yaml", ["loss.symmetric=true", "train.steps=3"]), run_2d / "sym")
+    torch.nn.init.normal_(trainer.net.head.conv.weight, std=0.2)
+    batch = collate(trainer.pairs[:2])
+    with torch.no_grad():
+        one, _, _ = batch_loss(trainer.net, batch, trainer.loss, trainer.penalties)
+        both, _, _ = batch_loss(trainer.net, batch, trainer.loss, trainer.penalties, symmetric=True)
+        field, _, _ = trainer.net(batch["fixed"], batch["moving"])
+        back = sample(batch["fixed"], trainer.net.grid, trainer.net.inverse_mapped(field))
+        reverse = float(((back - batch["moving"]) ** 2).mean())
+    assert float(both["similarity"]) == pytest.approx((float(one["similarity"]) + reverse) / 2, rel=1e-4)
+    assert float(both["diffusion"]) == float(one["diffusion"])  # penalties once
+    assert trainer.fit().steps == 3
+    code_config = ["loss.symmetric=true", "model.kind=displacement"]
+    with pytest.raises(Exception, match="loss.symmetric needs model.kind svf"):
+        load_config(run_2d / "cfg.yaml", code_config)
 
 
 def test_cli_train_resume_predict(run_2d, capfd):

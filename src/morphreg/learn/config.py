@@ -82,6 +82,8 @@ class LossConfig:
     #                        data.augment), weight of the mean endpoint error |T(x) - S(x)| in mm
     penalties: list[dict] = field(default_factory=lambda: [{"name": "diffusion", "weight": 1.0}])  # engine penalties;
     #   an entry with mask: rigidity acts inside the pairs' rigidity_mask column (e.g. {name: rigidity, mask: rigidity})
+    symmetric: bool = False  # svf: also the reverse direction (fixed through exp(-v) onto the moving image), the data
+    #                          terms averaged over both directions (bidirectional, as VoxelMorph-diff)
     affine: float = 0.0  # weight of mean |A - I| of the affine head (model.affine)
     gradients: float = 0.0  # weight of mean |g - 1| of the grid steps (model.kind gradients; the paper's beta)
 
@@ -258,6 +260,8 @@ def _check_meaning(config: RunConfig, path) -> None:
         problems.append("loss.gradients weighs the grid steps of model.kind: gradients")
     if any(s < 0 for s in loss.label_scales_mm) or (loss.label_scales_mm and not loss.labels):
         problems.append(f"loss.label_scales_mm {loss.label_scales_mm} must be sigmas >= 0 mm, with loss.labels > 0")
+    if loss.symmetric and (m.kind != "svf" or m.affine):
+        problems.append("loss.symmetric needs model.kind svf without model.affine (the exact inverse exp(-v))")
     if loss.affine and not m.affine:
         problems.append("loss.affine weighs the affine head: set model.affine: true (or loss.affine: 0)")
     for p in loss.penalties:

@@ -186,6 +186,13 @@ class RegistrationNet(nn.Module):
         """The fields of the cascade's stages, each (N, dim, *shape) (one for a single network)."""
         return field.split(self.space.dim, dim=1)
 
+    def inverse_mapped(self, field: torch.Tensor) -> torch.Tensor:
+        """T^-1(x) on the canonical grid, (N, *shape, dim) mm, of an SVF network without affine head:
+        exp(-v), the stages of a cascade inverted in reverse order."""
+        if self.kind != "svf" or self.affine:
+            raise MorphregError("the inverse map needs model.kind svf without model.affine")
+        return self._composed([-f for f in reversed(self.stage_fields(field))])
+
     def _composed(self, fields) -> torch.Tensor:
         """x -> T_1(T_2(...T_k(x))) on the canonical grid, (N, *shape, dim): the stages' maps composed
         (the first stage's map applied last, as the moving image went through them in that order)."""

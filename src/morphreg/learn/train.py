@@ -115,11 +115,12 @@ def changed_batch(batch: dict, config: RunConfig, grid, gen: torch.Generator) ->
 
 
 def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: list[PenaltyTerm], forward=None,
-               affine_weight: float = 0.0, gradient_weight: float = 0.0):
+               affine_weight: float = 0.0, gradient_weight: float = 0.0, symmetric: bool = False):
     """(named weighted terms, mapped points (N, *shape, dim), warped labels) of one batch on the canonical
     grid; ``forward``: what runs the network (its DistributedDataParallel wrapper), default ``net``;
     ``affine_weight``: of mean |A - I| of an affine part, ``gradient_weight``: of mean |g - 1| of the grid
-    steps (the lung-MRI network's alpha and beta)."""
+    steps (the lung-MRI network's alpha and beta); ``symmetric``: average the data terms with the reverse
+    direction (loss.symmetric)."""
     grid = net.grid
     # A penalty with "mask: rigidity" acts inside each pair's rigidity mask (fixed grid).
     penalties = [dataclasses.replace(p, mask=batch[f"{p.mask_name}_mask"]) if p.mask_name else p for p in penalties]
@@ -134,6 +135,13 @@ def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: li
     for later in stages[1:]:  # a cascade: each stage's field is penalised
         for name, value in loss_terms(loss, field=later, field_grid=grid, penalties=penalties).items():
             terms[name] = terms[name] + value
+    if symmetric:  # the fixed image (and labels) through T^-1 onto the moving ones: data terms averaged
+        inverse = net.inverse_mapped(field)
+        back = loss_terms(loss, fixed=batch["moving"], warped=sample(batch["fixed"], grid, inverse),
+                          mask=batch.get("moving_mask"), grid=grid, fixed_labels=batch.get("moving_labels"),
+                          warped_labels=sample(batch["fixed_labels"], grid, inverse) if "fixed_labels" in batch else None)
+        for name, value in back.items():
+            terms[name] = (terms[name] + value) / 2
     if affine_weight and matrix is not None:
         terms["affine"] = affine_weight * (matrix - torch.eye(grid.dim, device=matrix.device)).abs().mean()
     if gradient_weight:
@@ -332,7 +340,7 @@ class Trainer:
             mine = slice(self.rank * t.batch_size, (self.rank + 1) * t.batch_size)
             batch = {k: v[mine].to(self.device) for k, v in batch.items()}
             terms, _, _ = batch_loss(self.net, batch, self.loss, self.penalties, self.forward, self.config.loss.affine,
-                                     self.config.loss.gradients)
+                                     self.config.loss.gradients, self.config.loss.symmetric)
             loss = total(terms)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -394,7 +402,8 @@ class Trainer:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             terms, mapped, warped_labels = batch_loss(self.net, batch, self.loss, self.penalties,
                                                       affine_weight=self.config.loss.affine,
-                                                      gradient_weight=self.config.loss.gradients)
+                                                      gradient_weight=self.config.loss.gradients,
+                                                      symmetric=self.config.loss.symmetric)
             losses.append(float(total(terms)))
             if warped_labels is not None:
                 points = self.net.grid.points(device=self.device).unsqueeze(0)
