@@ -16,5 +16,6 @@ echo "morphreg info (no argument): exit $code: $err"
 [ "$(printf '%s\n' "$err" | grep -c .)" -eq 1 ] || { echo "expected one line"; exit 1; }
 ! printf '%s' "$err" | grep -q Traceback
 "$venv/bin/morphreg" demo --output "$(dirname "$venv")/demo" --dim 2 --size 32 -q > /dev/null
+"$venv/bin/morphreg" models | grep -q prostate-mr-trus || { echo "the shipped model is not found in the installed package"; exit 1; }
 rm -rf "$(dirname "$venv")"
 echo "fresh venv check passed"

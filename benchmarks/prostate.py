@@ -22,6 +22,75 @@ def _pairs(spec: str) -> list[int]:
     return out
 
 
+ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "prostate_mr_trus"
+
+
+def pair_files(i: int) -> dict[str, Path]:
+    name = f"obs{i:03d}.nii.gz"
+    return {"fixed": ROOT / "fixed_images" / name, "moving": ROOT / "moving_images" / name,
+            "fixed_label": ROOT / "fixed_labels" / name, "moving_label": ROOT / "moving_labels" / name}
+
+
+def score(tool: str, i: int, transform, seconds: float, corr: float = float("nan")) -> dict:
+    """One pair's record: gland Dice (channel 0) and landmark-centroid TRE (channels 1..), before and after,
+    and folding, by the same evaluation code for every tool."""
+    from common import evaluate
+    from morphreg.image.io import read_image
+
+    f = pair_files(i)
+    # Channel 0 is the gland (Dice); channels 1.. are landmarks: TRE = |T(p) - q| for their
+    # centroids p (fixed) and q (moving), each on its own grid (evaluate's centroid TRE).
+    e = evaluate(transform, read_image(f["fixed_label"]), read_image(f["moving_label"]), landmark_channels="1-")
+    ov, ov0 = e["overlap"]["labels"], e["initial"]["overlap"]["labels"]
+    gland = next(iter(ov))
+    return {"pair": f"obs{i:03d}", "tool": tool, "gland_dice_initial": ov0[gland]["dice"], "gland_dice": ov[gland]["dice"],
+            "tre_initial_mm": e["centroid_tre"]["initial"]["mean_mm"], "tre_mm": e["centroid_tre"]["final"]["mean_mm"],
+            "folding_percent": e["transform"]["jacobian"]["folding_percent"], "seconds": seconds, "orientation_corr": corr}
+
+
+def run_tool(tool: str, i: int, threads: int = 2) -> dict:
+    """Register pair ``i`` with a classical tool (morphreg, morphreg-labels, ants, elastix, dipy) and score it."""
+    import torch
+
+    from common import run_morphreg_cli
+    from morphreg.image.io import read_image
+
+    f = pair_files(i)
+    corr = float("nan")
+    if tool.startswith("morphreg"):
+        extra = []
+        if tool == "morphreg-labels":  # the 4D stacks as given; the gland channel drives
+            extra = ["--fixed-labels", str(f["fixed_label"]), "--moving-labels", str(f["moving_label"]), "--label-channels", "0"]
+        t, seconds, _ = run_morphreg_cli(f["fixed"], f["moving"], extra, threads)
+    else:
+        runner = {"ants": run_ants, "elastix": run_elastix, "dipy": run_dipy}[tool]
+        r = runner(f["fixed"], f["moving"])
+        fixed, moving = read_image(f["fixed"], dtype=torch.float32), read_image(f["moving"], dtype=torch.float32)
+        t, seconds, corr = r.transform, r.seconds, orientation_check(r, fixed, moving)
+    return score(tool, i, t, seconds, corr)
+
+
+def print_record(rec: dict) -> None:
+    print(f"{rec['pair']} {rec['tool']:16s} Dice {rec['gland_dice_initial']:.3f} -> {rec['gland_dice']:.3f}  "
+          f"TRE {rec['tre_initial_mm']:5.1f} -> {rec['tre_mm']:5.1f} mm  folding {rec['folding_percent']:.2f} %  "
+          f"{rec['seconds']:5.1f} s", flush=True)
+
+
+def summary_table(records: list[dict], tools: list[str]) -> str:
+    """Medians per tool as a markdown table."""
+    from common import markdown, median
+
+    rows = []
+    for tool in tools:
+        rs = [r for r in records if r["tool"] == tool]
+        rows.append([tool, len(rs), median(r["gland_dice_initial"] for r in rs), median(r["gland_dice"] for r in rs),
+                     median(r["tre_initial_mm"] for r in rs), median(r["tre_mm"] for r in rs),
+                     sum(r["tre_mm"] > r["tre_initial_mm"] + 0.1 for r in rs), median(r["folding_percent"] for r in rs),
+                     median(r["seconds"] for r in rs)])
+    return markdown(["tool", "pairs", "median Dice before", "median Dice after", "median TRE before (mm)",
+                     "median TRE after (mm)", "pairs with TRE worse by > 0.1 mm", "median folding %", "median time s"], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--pairs", default="0-77")
@@ -31,55 +100,17 @@ def main() -> None:
     args = ap.parse_args()
     set_threads(args.threads)
 
-    import torch
-
-    from common import DATA, evaluate, markdown, median, run_morphreg_cli
-    from morphreg.image.io import read_image
-
-    root = DATA / "prostate_mr_trus"
-    if not root.exists():
-        sys.exit(f"prostate data not found at {root}")
+    if not ROOT.exists():
+        sys.exit(f"prostate data not found at {ROOT}")
     tools = args.tools.split(",")
     records = []
     for i in _pairs(args.pairs):
-        name = f"obs{i:03d}.nii.gz"
-        fp, mp = root / "fixed_images" / name, root / "moving_images" / name
-        flp, mlp = root / "fixed_labels" / name, root / "moving_labels" / name
-        fl, ml = read_image(flp), read_image(mlp)
-        fixed, moving = read_image(fp, dtype=torch.float32), read_image(mp, dtype=torch.float32)
         for tool in tools:
-            corr = float("nan")
-            if tool.startswith("morphreg"):
-                extra = []
-                if tool == "morphreg-labels":  # the 4D stacks as given; the gland channel drives
-                    extra = ["--fixed-labels", str(flp), "--moving-labels", str(mlp), "--label-channels", "0"]
-                t, seconds, _ = run_morphreg_cli(fp, mp, extra, args.threads)
-            else:
-                runner = {"ants": run_ants, "elastix": run_elastix, "dipy": run_dipy}[tool]
-                r = runner(fp, mp)
-                t, seconds, corr = r.transform, r.seconds, orientation_check(r, fixed, moving)
-            # Channel 0 is the gland (Dice); channels 1.. are landmarks: TRE = |T(p) - q| for their
-            # centroids p (fixed) and q (moving), each on its own grid (evaluate's centroid TRE).
-            e = evaluate(t, fl, ml, landmark_channels="1-")
-            ov, ov0 = e["overlap"]["labels"], e["initial"]["overlap"]["labels"]
-            gland = next(iter(ov))
-            tre0, tre = e["centroid_tre"]["initial"]["mean_mm"], e["centroid_tre"]["final"]["mean_mm"]
-            rec = {"pair": name, "tool": tool, "gland_dice_initial": ov0[gland]["dice"], "gland_dice": ov[gland]["dice"],
-                   "tre_initial_mm": tre0, "tre_mm": tre, "folding_percent": e["transform"]["jacobian"]["folding_percent"],
-                   "seconds": seconds, "orientation_corr": corr}
+            rec = run_tool(tool, i, args.threads)
             records.append(rec)
-            print(f"{name} {tool:16s} Dice {rec['gland_dice_initial']:.3f} -> {rec['gland_dice']:.3f}  "
-                  f"TRE {tre0:5.1f} -> {tre:5.1f} mm  folding {rec['folding_percent']:.2f} %  {seconds:5.1f} s", flush=True)
-    rows = []
-    for tool in tools:
-        rs = [r for r in records if r["tool"] == tool]
-        rows.append([tool, len(rs), median(r["gland_dice_initial"] for r in rs), median(r["gland_dice"] for r in rs),
-                     median(r["tre_initial_mm"] for r in rs), median(r["tre_mm"] for r in rs),
-                     sum(r["tre_mm"] > r["tre_initial_mm"] + 0.1 for r in rs), median(r["folding_percent"] for r in rs),
-                     median(r["seconds"] for r in rs)])
+            print_record(rec)
     print()
-    print(markdown(["tool", "pairs", "median Dice before", "median Dice after", "median TRE before (mm)",
-                    "median TRE after (mm)", "pairs with TRE worse by > 0.1 mm", "median folding %", "median time s"], rows))
+    print(summary_table(records, tools))
     if args.json:
         args.json.write_text(json.dumps(records, indent=2, default=str), encoding="utf-8")
 

@@ -1,0 +1,144 @@
+"""The MR -> TRUS prostate model (issue 14): score a trained model on held-out pairs next to the classical
+tools, and (``--ship RUN``) write the shipped model ``src/morphreg/models/prostate-mr-trus.pt`` with a model
+card made from these figures and the run's config and metrics (nothing typed by hand).
+
+Learned rows: ``morphreg.learn.predict`` on images already in memory, so the time is network + warp (+ the
+instance optimisation), without process start or file reading; scored by the same code as every tool
+(``prostate.score``: gland Dice, landmark-centroid TRE, folding).
+
+    python benchmarks/prostate_model.py --model RUN/model.pt [--pairs 68-77] [--instance 0,50]
+        [--peers morphreg,morphreg-labels,ants,elastix] [--json OUT.json] [--ship RUN]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from prostate import ROOT, _pairs, pair_files, print_record, run_tool, score, summary_table  # noqa: E402
+
+SHIPPED = Path(__file__).resolve().parents[1] / "src" / "morphreg" / "models"
+NAME = "prostate-mr-trus"
+
+
+def run_learned(model: str, i: int, instance_steps: int) -> dict:
+    import torch
+
+    from morphreg.image.io import read_image
+    from morphreg.learn.predict import predict
+
+    f = pair_files(i)
+    fixed, moving = read_image(f["fixed"], dtype=torch.float32), read_image(f["moving"], dtype=torch.float32)
+    start = time.perf_counter()
+    result = predict(model, fixed, moving, instance_steps=instance_steps)
+    seconds = time.perf_counter() - start
+    tool = "learned" + (f"+io{instance_steps}" if instance_steps else "")
+    return score(tool, i, result.transform, seconds)
+
+
+def medians(records: list[dict], tool: str) -> dict:
+    from common import median
+
+    rs = [r for r in records if r["tool"] == tool]
+    return {"pairs": len(rs), "median_tre_mm": median(r["tre_mm"] for r in rs),
+            "median_gland_dice": median(r["gland_dice"] for r in rs),
+            "max_folding_percent": max((r["folding_percent"] for r in rs), default=float("nan")),
+            "median_seconds": median(r["seconds"] for r in rs),
+            "pairs_worse_tre": sum(r["tre_mm"] > r["tre_initial_mm"] + 0.1 for r in rs)}
+
+
+def model_card(run: Path, records: list[dict], pairs: list[int]) -> dict:
+    """The card: data, preprocessing, losses, training, validation figures (from ``records``), limits."""
+    import torch
+    import yaml
+
+    from common import median
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    tools = sorted({r["tool"] for r in records}, key=lambda t: (not t.startswith("learned"), t))
+    first = [r for r in records if r["tool"] == tools[0]]  # the initial alignment is the same for every tool
+    initial = {"median_tre_mm": median(r["tre_initial_mm"] for r in first),
+               "median_gland_dice": median(r["gland_dice_initial"] for r in first)}
+    return {
+        "name": NAME,
+        "summary": {
+            "task": "MR (moving) -> TRUS (fixed) prostate registration from the images alone",
+            "validation": {"pairs": f"obs{pairs[0]:03d}-obs{pairs[-1]:03d} (never trained on)", "initial": initial,
+                           **{t: medians(records, t) for t in tools}},
+            "cross_validation": "not run yet (5 patient-grouped folds = 5 trainings; see the closing note of issue 14)",
+        },
+        "data": "DeepReg's public, heavily blurred demo version of the SmartTarget MR-TRUS data "
+                "(../shared/data/prostate_mr_trus): trained on obs000-obs067, validated on obs068-obs077; "
+                "consecutive cases may share one patient's MR and no patient straddles the split",
+        "preprocessing": {"model_grid_size": config["model"]["size"], "model_grid_spacing_mm": config["model"]["spacing"],
+                          "intensity_percentiles": config["model"]["percentiles"],
+                          "grid": "centred on the TRUS image, along its axes; both images resampled onto it"},
+        "network": {k: config["model"][k] for k in ("kind", "affine", "encoder", "decoder", "steps", "cascade")
+                    if k in config["model"]},
+        "loss": config["loss"],
+        "augmentation": config["data"]["augment"],
+        "training": {"steps": int(rows[-1]["step"]) if rows else 0, "batch_size": config["train"]["batch_size"],
+                     "lr": config["train"]["lr"], "schedule": config["train"]["lr_schedule"],
+                     "seconds": float(rows[-1]["seconds"]) if rows else 0.0,
+                     "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
+                     "recipe": "configs/prostate_mr_trus.yaml (morphreg train; continue with --resume)"},
+        "limits": ["trained and scored on the blurred demo images only; not validated on clinical images",
+                   "10 validation pairs; no cross-validation yet",
+                   "the model grid covers 72 x 96 x 72 mm around the TRUS centre: MR anatomy outside it is not seen"],
+    }
+
+
+def ship(run: Path, card: dict) -> Path:
+    from morphreg.learn.model import load_model, save_model
+
+    net, _ = load_model(run / "model.pt")
+    path = save_model(net, SHIPPED / f"{NAME}.pt", card=card)
+    (SHIPPED / f"{NAME}.json").write_text(json.dumps(card, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=NAME, help="a model file or a shipped model's name")
+    ap.add_argument("--pairs", default="68-77")
+    ap.add_argument("--instance", default="0", help="instance optimisation steps, comma-separated (0 = none)")
+    ap.add_argument("--peers", default="", help="classical tools on the same pairs (prostate.py names)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--ship", type=Path, default=None, help="a run folder: ship its model.pt with the card from these figures")
+    args = ap.parse_args()
+    from peers import set_threads
+
+    set_threads(args.threads)
+    if not ROOT.exists():
+        sys.exit(f"prostate data not found at {ROOT}")
+    model = str(args.ship / "model.pt") if args.ship else args.model
+    pairs = _pairs(args.pairs)
+    steps = [int(s) for s in args.instance.split(",")]
+    peers = [p for p in args.peers.split(",") if p]
+    records = []
+    for i in pairs:
+        for n in steps:
+            records.append(run_learned(model, i, n))
+            print_record(records[-1])
+        for tool in peers:
+            records.append(run_tool(tool, i, args.threads))
+            print_record(records[-1])
+    tools = ["learned" + (f"+io{n}" if n else "") for n in steps] + peers
+    print()
+    print(summary_table(records, tools))
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=2, default=str), encoding="utf-8")
+    if args.ship:
+        print("shipped", ship(args.ship, model_card(args.ship, records, pairs)))
+
+
+if __name__ == "__main__":
+    main()
