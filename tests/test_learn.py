@@ -523,3 +523,10 @@ def test_the_spine_rigidity_configs_keep_the_vertebrae_rigid_while_the_tissue_de
         results[setting] = (float((det[inner] - 1).abs().max()), float((det[labels == 1] - 1).abs().mean()))
     assert results["ws_rp"][0] <= 0.02 < results["ws"][0], results
     assert min(results["ws"][1], results["ws_rp"][1]) > 0.02, results  # the tissue deforms
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_config_is_valid(path):
+    config = load_config(path)
+    assert Path(config.data.pairs).is_absolute() and config.train.steps > 0
