@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from peers import orientation_check, run_ants, run_dipy, run_elastix, set_threads  # noqa: E402
 
 
-def _pairs(spec: str) -> list[int]:
+def pair_numbers(spec: str) -> list[int]:
     out = []
     for part in spec.split(","):
         lo, _, hi = part.partition("-")
@@ -104,7 +104,7 @@ def main() -> None:
         sys.exit(f"prostate data not found at {ROOT}")
     tools = args.tools.split(",")
     records = []
-    for i in _pairs(args.pairs):
+    for i in pair_numbers(args.pairs):
         for tool in tools:
             rec = run_tool(tool, i, args.threads)
             records.append(rec)

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from peers import set_threads  # noqa: E402
-from prostate import _pairs  # noqa: E402
+from prostate import pair_numbers  # noqa: E402
 
 
 def shift_grid(range_mm: float, step_mm: float) -> np.ndarray:
@@ -138,7 +138,7 @@ def main() -> None:
     shifts = shift_grid(args.range_mm, args.step_mm)
     zero = int(np.argmin(np.linalg.norm(shifts, axis=1)))
     records = []
-    for i in _pairs(args.pairs):
+    for i in pair_numbers(args.pairs):
         fixed, moving, mask, p, q = pair_inputs(root, i, args.roi, args.shrink, args.sigma_mm)
         # Channel 0 is the gland; the reference shift matches its centroids (fixed -> moving = x + t).
         gland, p, q = q[0] - p[0], p[1:], q[1:]

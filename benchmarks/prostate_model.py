@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from prostate import ROOT, _pairs, pair_files, print_record, run_tool, score, summary_table  # noqa: E402
+from prostate import ROOT, pair_numbers, pair_files, print_record, run_tool, score, summary_table  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[1] / "src" / "morphreg" / "models"
 NAME = "prostate-mr-trus"
@@ -75,8 +75,9 @@ def model_card(run: Path, records: list[dict], pairs: list[int]) -> dict:
             "cross_validation": "not run yet (5 patient-grouped folds = 5 trainings; see the closing note of issue 14)",
         },
         "data": "DeepReg's public, heavily blurred demo version of the SmartTarget MR-TRUS data "
-                "(../shared/data/prostate_mr_trus): trained on obs000-obs067, validated on obs068-obs077; "
-                "consecutive cases may share one patient's MR and no patient straddles the split",
+                f"(../shared/data/prostate_mr_trus): trained on the pairs of {config['data']['pairs']}, scored on "
+                f"obs{pairs[0]:03d}-obs{pairs[-1]:03d}; consecutive cases may share one patient's MR, and no patient "
+                "straddles obs067/obs068",
         "preprocessing": {"model_grid_size": config["model"]["size"], "model_grid_spacing_mm": config["model"]["spacing"],
                           "intensity_percentiles": config["model"]["percentiles"],
                           "grid": "centred on the TRUS image, along its axes; both images resampled onto it"},
@@ -90,7 +91,7 @@ def model_card(run: Path, records: list[dict], pairs: list[int]) -> dict:
                      "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
                      "recipe": "configs/prostate_mr_trus.yaml (morphreg train; continue with --resume)"},
         "limits": ["trained and scored on the blurred demo images only; not validated on clinical images",
-                   "10 validation pairs; no cross-validation yet",
+                   f"{len(pairs)} validation pairs; no cross-validation yet",
                    "the model grid covers 72 x 96 x 72 mm around the TRUS centre: MR anatomy outside it is not seen"],
     }
 
@@ -120,7 +121,7 @@ def main() -> None:
     if not ROOT.exists():
         sys.exit(f"prostate data not found at {ROOT}")
     model = str(args.ship / "model.pt") if args.ship else args.model
-    pairs = _pairs(args.pairs)
+    pairs = pair_numbers(args.pairs)
     steps = [int(s) for s in args.instance.split(",")]
     peers = [p for p in args.peers.split(",") if p]
     records = []

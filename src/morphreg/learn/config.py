@@ -222,8 +222,9 @@ def _check_meaning(config: RunConfig, path) -> None:
     if any(s % multiple for s in m.size) or min(m.spacing, default=1) <= 0 or len(m.decoder) < len(m.encoder):
         problems.append(f"model.size {m.size} must divide by {multiple} (2 ** (len(model.encoder) + cascade - 1)), model.spacing be "
                         "positive and model.decoder have at least as many levels as model.encoder")
-    if m.kind == "none" and not m.affine or m.linear not in ("affine", "rigid"):
-        problems.append(f"model.kind none needs model.affine: true, and model.linear is affine or rigid ({m.linear!r})")
+    if (m.kind == "none" or m.linear == "rigid") and not m.affine or m.linear not in ("affine", "rigid"):
+        problems.append(f"model.kind none and model.linear rigid need model.affine: true, and model.linear is affine "
+                        f"or rigid ({m.linear!r})")
     if m.cascade < 1 or (m.cascade > 1 and m.kind not in ("svf", "displacement")):
         problems.append(f"model.cascade {m.cascade} must be >= 1, and > 1 only with model.kind svf or displacement")
     if m.control_mm <= 0:

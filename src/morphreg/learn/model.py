@@ -28,8 +28,7 @@ from morphreg.errors import MorphregError
 from morphreg.image.image import Image
 from morphreg.core.sampling import batch_affine_points, sample
 from morphreg.core.bspline import evaluate_bspline_separable
-from morphreg.learn.networks import (AffineHead, ControlPointHead, DilatedEncoder, FieldHead, GradientHead, UNet,
-                                     integrate_gradients)
+from morphreg.learn.networks import AffineHead, DilatedEncoder, FieldHead, GradientHead, UNet, integrate_gradients
 from morphreg.transforms import Transform
 from morphreg.transforms.composite import CompositeTransform
 from morphreg.transforms.bspline import BSplineTransform, control_grid_for
@@ -37,7 +36,7 @@ from morphreg.transforms.linear import AffineTransform
 from morphreg.transforms.dense import DisplacementFieldTransform, StationaryVelocityFieldTransform
 
 MODEL_FORMAT = "morphreg-model"
-MODEL_VERSION = 1
+MODEL_VERSION = 2  # 2: the config keys control_mm, linear, cascade (version 1 files load unchanged)
 FIELD_KINDS = ("svf", "displacement", "gradients", "bspline", "none")  # gradients: the lung-MRI network's
 #   integrated grid; bspline: control points every control_mm; none: the affine head alone (model.affine)
 NETWORKS = ("unet", "dilated")
@@ -98,9 +97,9 @@ class RegistrationNet(nn.Module):
         if kind not in FIELD_KINDS or network not in NETWORKS:
             raise MorphregError(f"model.kind must be one of {', '.join(FIELD_KINDS)} and model.network one of "
                                 f"{', '.join(NETWORKS)}, not {kind!r} / {network!r}")
-        if kind == "none" and not affine or linear not in ("affine", "rigid"):
-            raise MorphregError(f"model.kind none needs model.affine (a linear network), and model.linear is affine or "
-                                f"rigid, not {linear!r}")
+        if (kind == "none" or linear == "rigid") and not affine or linear not in ("affine", "rigid"):
+            raise MorphregError(f"model.kind none and model.linear rigid need model.affine (a linear head), and "
+                                f"model.linear is affine or rigid, not {linear!r}")
         if cascade < 1 or (cascade > 1 and kind not in ("svf", "displacement")):
             raise MorphregError(f"model.cascade {cascade} must be >= 1, and > 1 only for model.kind svf or displacement")
         multiple = 2 ** (len(encoder) + cascade - 1) if network == "unet" else 2 ** (cascade - 1)
@@ -131,9 +130,8 @@ class RegistrationNet(nn.Module):
             DilatedEncoder(dim, 2, self.encoder[0])
         if self.kind == "gradients":
             return backbone, GradientHead(dim, backbone.out_channels)
-        if self.kind == "bspline":
+        if self.kind == "bspline":  # the head's field read at each control point (DIRNet / DLIR)
             self.control_grid = control_grid_for(self.grid, self.control_mm)
-            return backbone, ControlPointHead(dim, backbone.out_channels, self.scale_mm, self.control_grid.shape)
         return backbone, FieldHead(dim, backbone.out_channels, self.scale_mm)
 
     def config(self) -> dict:
@@ -160,6 +158,7 @@ class RegistrationNet(nn.Module):
         """Like :meth:`forward`, with what the head gives before it becomes a dense field: the field, or
         (bspline) coefficients (N, dim, *control shape) mm, or (gradients) grid steps."""
         matrix = shift = None
+        original = moving
         if self.affine_head is not None:
             matrix, shift = self.affine_head(torch.cat([fixed, moving], dim=1))
             points = self.grid.points(device=moving.device).unsqueeze(0)
@@ -168,9 +167,14 @@ class RegistrationNet(nn.Module):
             return fixed.new_zeros(fixed.shape[0], self.space.dim, *fixed.shape[2:]), matrix, shift
         outs = []
         for k, (backbone, head) in enumerate([(self.backbone, self.head), *self.refiners]):
-            current = moving if not outs else sample(moving, self.grid, self._composed(outs))
+            # Later stages: the original moving image through A(T1(...(x))), resampled once.
+            current = moving if not outs else sample(original, self.grid, self.mapped(torch.cat(outs, 1), matrix, shift))
             outs.append(self._stage(backbone, head, fixed, current, 2 ** (self.cascade - 1 - k)))
-        return torch.cat(outs, 1), matrix, shift
+        out = torch.cat(outs, 1)
+        if self.kind == "bspline":  # coefficients: the field at the control points (those outside: the border's)
+            points = self.control_grid.points(device=out.device, dtype=out.dtype).unsqueeze(0)
+            out = sample(out, self.grid, points, fill_value=None)
+        return out, matrix, shift
 
     @staticmethod
     def _stage(backbone, head, fixed: torch.Tensor, moving: torch.Tensor, factor: int) -> torch.Tensor:
@@ -284,6 +288,8 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[RegistrationNet, 
     try:
         net = RegistrationNet.from_config(payload["config"])
         net.load_state_dict(payload["state_dict"])
+    except MorphregError as exc:  # the constructor's own checks refused the stored config
+        raise MorphregError(f"damaged model file ({exc.problem})", path) from None
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise MorphregError(f"damaged model file (its config or weights do not fit: {type(exc).__name__})", path) from None
     return net.to(device).eval(), payload.get("card", {})

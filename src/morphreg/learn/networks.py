@@ -81,20 +81,6 @@ class FieldHead(nn.Module):
         return self.conv(x) * self.scale_mm
 
 
-class ControlPointHead(nn.Module):
-    """Features -> cubic B-spline coefficients (N, dim, *control_shape) mm: a :class:`FieldHead` averaged
-    over the cells of the control grid (DIRNet / de Vos' DLIR predict control-point displacements)."""
-
-    def __init__(self, dim: int, in_channels: int, scale_mm: float, control_shape):
-        super().__init__()
-        self.field = FieldHead(dim, in_channels, scale_mm)
-        self.control_shape = tuple(int(n) for n in control_shape)
-        self.pool = nn.AdaptiveAvgPool2d(self.control_shape) if dim == 2 else nn.AdaptiveAvgPool3d(self.control_shape)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.field(x))
-
-
 class AffineHead(nn.Module):
     """(fixed, moving) -> an affine map about the grid centre: strided convolutions, global average
     pooling, one linear layer to the dim x dim matrix and the shift (mm). Zero-initialised: the

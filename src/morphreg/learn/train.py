@@ -217,6 +217,9 @@ class Trainer:
             if not all(f"{name}_mask" in p for p in list(rows) + list(self.val_pairs)):
                 raise MorphregError(f"a penalty acts inside the {name} mask: every pair needs a {name}_mask column",
                                     data.pairs or data.images)
+        if config.loss.symmetric and any("fixed_mask" in p for p in list(rows) + list(self.val_pairs)):
+            raise MorphregError("loss.symmetric with a fixed_mask column: the reverse direction has no mask on the "
+                                "moving side; drop one of them", data.pairs or data.images)
         if data.synthesise and not all("fixed_labels" in p for p in rows):
             raise MorphregError("data.synthesise makes images from the label maps: every pair needs fixed_labels and "
                                 "moving_labels", data.pairs or data.images)
