@@ -7,7 +7,7 @@ instance optimisation), without process start or file reading; scored by the sam
 (``prostate.score``: gland Dice, landmark-centroid TRE, folding).
 
     python benchmarks/prostate_model.py --model RUN/model.pt [--pairs 68-77] [--instance 0,50]
-        [--peers morphreg,morphreg-labels,ants,elastix] [--json OUT.json] [--ship RUN]
+        [--peers morphreg,morphreg-labels,ants,elastix | --peer-records PROSTATE.json] [--json OUT.json] [--ship RUN]
 """
 from __future__ import annotations
 
@@ -111,6 +111,8 @@ def main() -> None:
     ap.add_argument("--pairs", default="68-77")
     ap.add_argument("--instance", default="0", help="instance optimisation steps, comma-separated (0 = none)")
     ap.add_argument("--peers", default="", help="classical tools on the same pairs (prostate.py names)")
+    ap.add_argument("--peer-records", type=Path, default=None,
+                    help="a --json file of prostate.py on the same pairs: its tools join the table (timed in that run)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--ship", type=Path, default=None, help="a run folder: ship its model.pt with the card from these figures")
@@ -133,6 +135,11 @@ def main() -> None:
             records.append(run_tool(tool, i, args.threads))
             print_record(records[-1])
     tools = ["learned" + (f"+io{n}" if n else "") for n in steps] + peers
+    if args.peer_records:
+        wanted = {f"obs{i:03d}" for i in pairs}
+        earlier = [r for r in json.loads(args.peer_records.read_text()) if r["pair"] in wanted]
+        records += earlier
+        tools += list(dict.fromkeys(r["tool"] for r in earlier))
     print()
     print(summary_table(records, tools))
     if args.json:

@@ -1,0 +1,106 @@
+"""5-fold cross-validation of the prostate recipe (issue 14), folded by *patient*: the 78 pairs are 54
+patients (consecutive cases can share one MR; ``multi_atlas.patients`` finds them from the gland masks), so
+a fold never trains on the MR of a patient it scores.
+
+Each fold writes ``RUNS/fold<k>/{train,val}.csv`` (paths to ../shared/data), trains
+``configs/prostate_mr_trus.yaml`` on them with ``morphreg train`` (``--resume`` when the run exists, so a fold
+continues across sessions in chunks of --minutes), then scores its held-out pairs with ``prostate.score``.
+
+    python benchmarks/prostate_cv.py --runs RUNS [--folds 0-4] [--minutes 110] [--set train.steps=2500 ...]
+    python benchmarks/prostate_cv.py --runs RUNS --report        # the table over the folds scored so far
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from prostate import ROOT, pair_files, pair_numbers, score, summary_table  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "prostate_mr_trus.yaml"
+FOLDS = 5
+
+
+def folds(cases: list[int], k: int = FOLDS) -> list[list[int]]:
+    """``k`` lists of cases; whole patients go round-robin, largest groups first (folds of similar size)."""
+    from multi_atlas import patients
+
+    out: list[list[int]] = [[] for _ in range(k)]
+    for group in sorted(patients(cases), key=lambda g: (-len(g), g[0])):
+        min(out, key=len).extend(group)
+    return [sorted(f) for f in out]
+
+
+def write_tables(run: Path, train: list[int], val: list[int]) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    for name, cases in (("train", train), ("val", val)):
+        with open(run / f"{name}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "fixed", "moving", "fixed_labels", "moving_labels"])
+            for i in cases:
+                p = pair_files(i)
+                writer.writerow([f"obs{i:03d}", p["fixed"], p["moving"], p["fixed_label"], p["moving_label"]])
+
+
+def train(run: Path, minutes: float, sets: list[str]) -> bool:
+    """Train (or continue) the fold's run for at most ``minutes``; True when it finished its steps."""
+    model = run / "model"
+    command = [sys.executable, "-m", "morphreg", "train", str(CONFIG), "-o", str(model), "-q",
+               "--set", f"data.pairs={run / 'train.csv'}", "--set", f"data.val_pairs={run / 'val.csv'}"]
+    command += [a for s in sets for a in ("--set", s)] + (["--resume"] if (model / "checkpoint.pt").exists() else [])
+    try:
+        subprocess.run(command, check=True, timeout=minutes * 60)
+    except subprocess.TimeoutExpired:
+        return False  # stopped; the last checkpoint is where --resume continues
+    return True
+
+
+def score_fold(run: Path, cases: list[int]) -> list[dict]:
+    import torch
+
+    from morphreg.image.io import read_image
+    from morphreg.learn.predict import predict
+
+    records = []
+    for i in cases:
+        f = pair_files(i)
+        fixed, moving = read_image(f["fixed"], dtype=torch.float32), read_image(f["moving"], dtype=torch.float32)
+        result = predict(run / "model" / "model.pt", fixed, moving)
+        records.append(score("learned", i, result.transform, sum(result.timings.get(k, 0) for k in ("network_s", "warp_s"))))
+    (run / "scores.json").write_text(json.dumps(records, indent=2), encoding="utf-8")
+    return records
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=Path, required=True)
+    ap.add_argument("--folds", default=f"0-{FOLDS - 1}")
+    ap.add_argument("--minutes", type=float, default=110.0, help="stop each training after this long (resume later)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="config overrides for every fold")
+    ap.add_argument("--report", action="store_true")
+    args = ap.parse_args()
+    if not ROOT.exists():
+        sys.exit(f"prostate data not found at {ROOT}")
+    cases = pair_numbers("0-77")
+    parts = folds(cases)
+    if not args.report:
+        for k in pair_numbers(args.folds):
+            run = args.runs / f"fold{k}"
+            write_tables(run, [c for c in cases if c not in parts[k]], parts[k])
+            if train(run, args.minutes, args.sets):
+                score_fold(run, parts[k])
+            else:
+                print(f"fold {k}: stopped after {args.minutes} min; rerun to continue", flush=True)
+                return
+    records = [r for k in range(FOLDS) if (args.runs / f"fold{k}" / "scores.json").exists()
+               for r in json.loads((args.runs / f"fold{k}" / "scores.json").read_text())]
+    print(f"{len({r['pair'] for r in records})} of 78 pairs scored")
+    print(summary_table(records, ["learned"]))
+
+
+if __name__ == "__main__":
+    main()
