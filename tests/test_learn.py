@@ -320,6 +320,50 @@ def test_a_rigid_network_learns_rigid_maps_with_the_transformed_grid_distance(ru
     assert type(trainer.net.eval().predict(pair.fixed, pair.moving)).__name__ == "AffineTransform"
 
 
+def test_keypoint_heads_fit_the_map_between_their_keypoints(monkeypatch):
+    from morphreg.learn.networks import KeypointHead
+
+    grid = Grid((16, 16), (-15.0, -15.0), (2.0, 2.0))
+    p = torch.tensor([[[-5.0, 3.0], [4.0, 6.0], [0.0, -7.0], [8.0, 1.0]]])
+    a, t = torch.tensor([[1.1, 0.2], [-0.1, 0.9]]), torch.tensor([2.0, -3.0])
+    q = p @ a.T + t
+    for fit, matrix, shift in (("affine", a, t), ("translation", torch.eye(2), (q - p).mean(1)[0])):
+        head = KeypointHead(2, grid.points(), 4, (8, 8), (8, 8), fit=fit)
+        monkeypatch.setattr(head, "keypoints", lambda image, side: p if side == 0 else q)
+        got_a, got_t = head(torch.zeros(1, 2, 16, 16))
+        torch.testing.assert_close(got_a[0], matrix, atol=2e-3, rtol=0)
+        torch.testing.assert_close(got_t[0], shift, atol=2e-2, rtol=0)
+    # A real head: keypoints are soft-argmax positions inside the (half-resolution) grid.
+    head = KeypointHead(2, grid.points(), 3, (8, 8), (8, 8))
+    with torch.no_grad():
+        k = head.keypoints(torch.rand(2, 1, 16, 16), 0)
+    assert k.shape == (2, 3, 2) and float(k.abs().max()) <= 15.0
+
+
+def test_a_keypoint_network_learns_translations(run_2d):
+    # model.keypoints with model.linear translation, supervised on random shifts (8 mm): better than identity.
+    config = load_config(run_2d / "cfg.yaml", [
+        "data.augment={shift_mm: 8.0}", "loss.similarity=null", "loss.labels=0", "loss.endpoint=1",
+        "loss.penalties=[]", "model.size=[16,16]", "model.spacing=[5,5]", "model.encoder=[16,32,32]",
+        "model.kind=none", "model.affine=true", "model.keypoints=4", "model.linear=translation", "train.lr=0.003",
+        "train.steps=300", "train.batch_size=3", "train.checkpoint_every=300", "train.validate_every=300"])
+    trainer = Trainer(config, run_2d / "keypoints")
+    trainer.fit()
+    x = trainer.net.grid.points().unsqueeze(0)
+    network, identity = [], []
+    for pair in trainer.val_pairs:
+        for seed in range(8):
+            batch = changed_batch({k: v.unsqueeze(0) for k, v in pair.items()}, config, trainer.net.grid,
+                                  torch.Generator().manual_seed(500 + seed))
+            with torch.no_grad():
+                terms, _, _ = batch_loss(trainer.net, batch, trainer.loss, trainer.penalties)
+            network.append(float(terms["endpoint"]))
+            identity.append(float((x - batch["target"]).norm(dim=-1).mean()))
+    assert np.mean(network) < 0.7 * np.mean(identity), (np.mean(network), np.mean(identity))
+    with pytest.raises(Exception, match="keypoints"):
+        load_config(run_2d / "cfg.yaml", ["model.affine=true", "model.keypoints=2", "model.linear=affine"])
+
+
 def test_random_maps_invert_exactly_for_rigid_and_closely_for_deformations():
     grid = Grid((24, 20), (-23.0, -19.0), (2.0, 2.0))
     x = grid.points().unsqueeze(0)

@@ -65,6 +65,9 @@ class ModelConfig:
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])  # intensity normalisation
     linear: str = "affine"  # the affine head's map: affine | rigid (a rotation and a shift; with model.kind none and
     #                         loss.endpoint this is rigid training with the transformed-grid distance, TGD)
+    #                         | translation (model.keypoints only)
+    keypoints: int = 0  # > 0: the affine head finds this many keypoints in each image (soft-argmax of heatmaps,
+    #                     one U-Net per image) and fits model.linear (translation, or affine) to them
     affine: bool = False  # an affine head first (global pooling -> matrix + shift), the deformable part after it
 
 
@@ -222,9 +225,12 @@ def _check_meaning(config: RunConfig, path) -> None:
     if any(s % multiple for s in m.size) or min(m.spacing, default=1) <= 0 or len(m.decoder) < len(m.encoder):
         problems.append(f"model.size {m.size} must divide by {multiple} (2 ** (len(model.encoder) + cascade - 1)), model.spacing be "
                         "positive and model.decoder have at least as many levels as model.encoder")
-    if (m.kind == "none" or m.linear == "rigid") and not m.affine or m.linear not in ("affine", "rigid"):
-        problems.append(f"model.kind none and model.linear rigid need model.affine: true, and model.linear is affine "
-                        f"or rigid ({m.linear!r})")
+    if (m.kind == "none" or m.linear == "rigid" or m.keypoints) and not m.affine \
+            or m.linear not in ("affine", "rigid", "translation") or (m.linear == "translation" and not m.keypoints) \
+            or (m.keypoints and (m.linear == "rigid" or (m.linear == "affine" and m.keypoints < m.dim + 1))):
+        problems.append(f"model.kind none, model.linear rigid and model.keypoints need model.affine: true; model.linear "
+                        f"is affine, rigid or translation (keypoints only; affine needs >= dim + 1 keypoints), not "
+                        f"{m.linear!r} with {m.keypoints} keypoints")
     if m.cascade < 1 or (m.cascade > 1 and m.kind not in ("svf", "displacement")):
         problems.append(f"model.cascade {m.cascade} must be >= 1, and > 1 only with model.kind svf or displacement")
     if m.control_mm <= 0:

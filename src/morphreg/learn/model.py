@@ -28,7 +28,8 @@ from morphreg.errors import MorphregError
 from morphreg.image.image import Image
 from morphreg.core.sampling import batch_affine_points, sample
 from morphreg.core.bspline import evaluate_bspline_separable
-from morphreg.learn.networks import AffineHead, DilatedEncoder, FieldHead, GradientHead, UNet, integrate_gradients
+from morphreg.learn.networks import (AffineHead, DilatedEncoder, FieldHead, GradientHead, KeypointHead, UNet,
+                                     integrate_gradients)
 from morphreg.transforms import Transform
 from morphreg.transforms.composite import CompositeTransform
 from morphreg.transforms.bspline import BSplineTransform, control_grid_for
@@ -40,6 +41,7 @@ MODEL_VERSION = 2  # 2: the config keys control_mm, linear, cascade (version 1 f
 FIELD_KINDS = ("svf", "displacement", "gradients", "bspline", "none")  # gradients: the lung-MRI network's
 #   integrated grid; bspline: control points every control_mm; none: the affine head alone (model.affine)
 NETWORKS = ("unet", "dilated")
+LINEAR_MAPS = ("affine", "rigid", "translation")  # translation: keypoint heads only
 
 
 @dataclass
@@ -92,14 +94,17 @@ class RegistrationNet(nn.Module):
 
     def __init__(self, space: ModelSpace, kind: str = "svf", encoder=(16, 32, 32, 32), decoder=(32, 32, 32, 16),
                  steps: int = 7, scale_mm: float | None = None, affine: bool = False, network: str = "unet",
-                 control_mm: float = 10.0, linear: str = "affine", cascade: int = 1):
+                 control_mm: float = 10.0, linear: str = "affine", cascade: int = 1, keypoints: int = 0):
         super().__init__()
         if kind not in FIELD_KINDS or network not in NETWORKS:
             raise MorphregError(f"model.kind must be one of {', '.join(FIELD_KINDS)} and model.network one of "
                                 f"{', '.join(NETWORKS)}, not {kind!r} / {network!r}")
-        if (kind == "none" or linear == "rigid") and not affine or linear not in ("affine", "rigid"):
-            raise MorphregError(f"model.kind none and model.linear rigid need model.affine (a linear head), and "
-                                f"model.linear is affine or rigid, not {linear!r}")
+        if (kind == "none" or linear == "rigid" or keypoints) and not affine or linear not in LINEAR_MAPS or \
+                (keypoints and (linear == "rigid" or (linear == "affine" and keypoints < space.dim + 1))) or \
+                (linear == "translation" and not keypoints):
+            raise MorphregError(f"model.kind none, model.linear rigid and model.keypoints need model.affine (a linear "
+                                f"head); model.linear is one of {', '.join(LINEAR_MAPS)} ({linear!r}); keypoints fit "
+                                "a translation or (with >= dim + 1 of them) an affine map")
         if cascade < 1 or (cascade > 1 and kind not in ("svf", "displacement")):
             raise MorphregError(f"model.cascade {cascade} must be >= 1, and > 1 only for model.kind svf or displacement")
         multiple = 2 ** (len(encoder) + cascade - 1) if network == "unet" else 2 ** (cascade - 1)
@@ -118,8 +123,13 @@ class RegistrationNet(nn.Module):
         self.refiners = nn.ModuleList(nn.ModuleList(self._stage_modules()) for _ in range(self.cascade - 1))
         self.affine, self.linear = bool(affine), linear
         # affine -> deformable in one model: the deformable part sees the moving image after the affine map.
-        self.affine_head = AffineHead(space.dim, 2, self.encoder, 10 * self.scale_mm, rigid=linear == "rigid") \
-            if affine else None
+        self.keypoints = int(keypoints)
+        if affine and keypoints:
+            self.affine_head = KeypointHead(space.dim, self.grid.points(), keypoints, self.encoder[:3],
+                                            self.decoder, fit=linear)
+        else:
+            self.affine_head = AffineHead(space.dim, 2, self.encoder, 10 * self.scale_mm, rigid=linear == "rigid") \
+                if affine else None
 
     def _stage_modules(self) -> tuple[nn.Module | None, nn.Module | None]:
         """(backbone, head) of one deformable stage."""
@@ -138,7 +148,7 @@ class RegistrationNet(nn.Module):
         return {"space": {k: list(v) for k, v in asdict(self.space).items()}, "kind": self.kind,
                 "encoder": list(self.encoder), "decoder": list(self.decoder), "steps": self.steps,
                 "scale_mm": self.scale_mm, "affine": self.affine, "network": self.network, "control_mm": self.control_mm,
-                "linear": self.linear, "cascade": self.cascade}
+                "linear": self.linear, "cascade": self.cascade, "keypoints": self.keypoints}
 
     @classmethod
     def from_config(cls, config: dict) -> "RegistrationNet":

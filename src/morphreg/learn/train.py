@@ -68,7 +68,8 @@ def network_of(config: RunConfig) -> RegistrationNet:
     m = config.model
     space = ModelSpace(tuple(m.size), tuple(float(s) for s in m.spacing), tuple(m.percentiles))
     return RegistrationNet(space, m.kind, m.encoder, m.decoder, m.steps, affine=m.affine, network=m.network,
-                           control_mm=m.control_mm, linear=m.linear, cascade=m.cascade)
+                           control_mm=m.control_mm, linear=m.linear, cascade=m.cascade,
+                           keypoints=m.keypoints)
 
 
 def stage_loss(config: RunConfig) -> tuple[StageLoss, list[PenaltyTerm]]:
