@@ -81,7 +81,8 @@ def model_card(run: Path, records: list[dict], pairs: list[int]) -> dict:
         "preprocessing": {"model_grid_size": config["model"]["size"], "model_grid_spacing_mm": config["model"]["spacing"],
                           "intensity_percentiles": config["model"]["percentiles"],
                           "grid": "centred on the TRUS image, along its axes; both images resampled onto it"},
-        "network": {k: config["model"][k] for k in ("kind", "affine", "encoder", "decoder", "steps", "cascade")
+        "network": {k: config["model"][k] for k in ("kind", "affine", "linear", "keypoints", "encoder", "decoder", "steps",
+                                                    "cascade")
                     if k in config["model"]},
         "loss": config["loss"],
         "augmentation": config["data"]["augment"],
