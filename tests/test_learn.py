@@ -210,7 +210,7 @@ def test_the_symmetric_loss_averages_both_directions(run_2d):
     assert trainer.fit().steps == 3
     with pytest.raises(Exception, match="loss.symmetric needs model.kind svf"):
         load_config(run_2d / "cfg.yaml", ["loss.symmetric=true", "model.kind=displacement"])
-    with pytest.raises(Exception, match="model.linear rigid need model.affine"):
+    with pytest.raises(Exception, match="model.linear rigid and model.keypoints need model.affine"):
         load_config(run_2d / "cfg.yaml", ["model.linear=rigid"])
 
 
