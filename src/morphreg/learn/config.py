@@ -202,7 +202,7 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None, b
 
 
 def _check_meaning(config: RunConfig, path) -> None:
-    from morphreg.learn.model import FIELD_KINDS, NETWORKS
+    from morphreg.learn.model import FIELD_KINDS, NETWORKS, size_multiple, structure_problems
     from morphreg.metrics import SIMILARITIES
     from morphreg.regularizers.penalties import PENALTIES
 
@@ -219,20 +219,13 @@ def _check_meaning(config: RunConfig, path) -> None:
         problems.append(f"model.dim must be 2 or 3 and model.size / model.spacing have dim values ({m.dim})")
     if m.kind not in FIELD_KINDS:
         problems.append(f"model.kind must be one of {', '.join(FIELD_KINDS)}, not {m.kind!r}")
-    multiple = 2 ** ((len(m.encoder) if m.network == "unet" else 0) + max(m.cascade, 1) - 1)
+    multiple = size_multiple(m.network, len(m.encoder), m.cascade)
     if m.network not in NETWORKS:
         problems.append(f"model.network must be one of {', '.join(NETWORKS)}, not {m.network!r}")
     if any(s % multiple for s in m.size) or min(m.spacing, default=1) <= 0 or len(m.decoder) < len(m.encoder):
         problems.append(f"model.size {m.size} must divide by {multiple} (2 ** (len(model.encoder) + cascade - 1)), model.spacing be "
                         "positive and model.decoder have at least as many levels as model.encoder")
-    if (m.kind == "none" or m.linear == "rigid" or m.keypoints) and not m.affine \
-            or m.linear not in ("affine", "rigid", "translation") or (m.linear == "translation" and not m.keypoints) \
-            or (m.keypoints and (m.linear == "rigid" or (m.linear == "affine" and m.keypoints < m.dim + 1))):
-        problems.append(f"model.kind none, model.linear rigid and model.keypoints need model.affine: true; model.linear "
-                        f"is affine, rigid or translation (keypoints only; affine needs >= dim + 1 keypoints), not "
-                        f"{m.linear!r} with {m.keypoints} keypoints")
-    if m.cascade < 1 or (m.cascade > 1 and m.kind not in ("svf", "displacement")):
-        problems.append(f"model.cascade {m.cascade} must be >= 1, and > 1 only with model.kind svf or displacement")
+    problems += structure_problems(m.dim, m.kind, m.affine, m.linear, m.keypoints, m.cascade)
     if m.control_mm <= 0:
         problems.append(f"model.control_mm must be > 0, not {m.control_mm}")
     if loss.similarity is not None and loss.similarity not in SIMILARITIES:

@@ -44,6 +44,26 @@ NETWORKS = ("unet", "dilated")
 LINEAR_MAPS = ("affine", "rigid", "translation")  # translation: keypoint heads only
 
 
+def structure_problems(dim: int, kind: str, affine: bool, linear: str, keypoints: int, cascade: int) -> list[str]:
+    """What is wrong with a network's structure keys (model.*), one line each ([] if nothing): one rule set
+    for the config check and the constructor (which also guards model files)."""
+    problems = []
+    if (kind == "none" or linear == "rigid" or keypoints) and not affine or linear not in LINEAR_MAPS or \
+            (keypoints and (linear == "rigid" or (linear == "affine" and keypoints < dim + 1))) or \
+            (linear == "translation" and not keypoints):
+        problems.append(f"model.kind none, model.linear rigid and model.keypoints need model.affine: true; model.linear "
+                        f"is one of {', '.join(LINEAR_MAPS)} (translation: keypoints only; affine needs >= dim + 1 "
+                        f"keypoints), not {linear!r} with {keypoints} keypoints")
+    if cascade < 1 or (cascade > 1 and kind not in ("svf", "displacement")):
+        problems.append(f"model.cascade {cascade} must be >= 1, and > 1 only with model.kind svf or displacement")
+    return problems
+
+
+def size_multiple(network: str, levels: int, cascade: int) -> int:
+    """What model.size must divide by: the U-Net's 2 ** levels, times 2 per extra cascade stage."""
+    return 2 ** ((levels if network == "unet" else 0) + max(cascade, 1) - 1)
+
+
 @dataclass
 class ModelSpace:
     """Where and how a network sees a pair (see the module docstring)."""
@@ -99,24 +119,21 @@ class RegistrationNet(nn.Module):
         if kind not in FIELD_KINDS or network not in NETWORKS:
             raise MorphregError(f"model.kind must be one of {', '.join(FIELD_KINDS)} and model.network one of "
                                 f"{', '.join(NETWORKS)}, not {kind!r} / {network!r}")
-        if (kind == "none" or linear == "rigid" or keypoints) and not affine or linear not in LINEAR_MAPS or \
-                (keypoints and (linear == "rigid" or (linear == "affine" and keypoints < space.dim + 1))) or \
-                (linear == "translation" and not keypoints):
-            raise MorphregError(f"model.kind none, model.linear rigid and model.keypoints need model.affine (a linear "
-                                f"head); model.linear is one of {', '.join(LINEAR_MAPS)} ({linear!r}); keypoints fit "
-                                "a translation or (with >= dim + 1 of them) an affine map")
-        if cascade < 1 or (cascade > 1 and kind not in ("svf", "displacement")):
-            raise MorphregError(f"model.cascade {cascade} must be >= 1, and > 1 only for model.kind svf or displacement")
-        multiple = 2 ** (len(encoder) + cascade - 1) if network == "unet" else 2 ** (cascade - 1)
+        problems = structure_problems(space.dim, kind, affine, linear, keypoints, cascade)
+        multiple = size_multiple(network, len(encoder), cascade)
         if any(s % multiple for s in space.size):
-            raise MorphregError(f"model.size {list(space.size)} must divide by {multiple} "
-                                "(2 ** (encoder levels + cascade stages - 1))")
+            problems.append(f"model.size {list(space.size)} must divide by {multiple} "
+                            "(2 ** (encoder levels + cascade stages - 1))")
+        if problems:
+            raise MorphregError(problems[0])
         self.space, self.kind, self.steps, self.network = space, kind, int(steps), network
         self.encoder, self.decoder = tuple(encoder), tuple(decoder)
         # Output unit: a few voxels, so the last layer works in a unit range whatever the spacing.
         self.scale_mm = float(scale_mm if scale_mm is not None else 4 * max(space.spacing))
         self.grid = space.canonical()
         self.control_mm, self.cascade = float(control_mm), int(cascade)
+        if kind == "bspline":  # the head's field is read at each control point (DIRNet / DLIR)
+            self.control_grid = control_grid_for(self.grid, self.control_mm)
         self.backbone, self.head = self._stage_modules()
         # A coarse-to-fine cascade: stage k of K sees the images averaged over 2 ** (K - 1 - k) voxels and the
         # moving image through the fields of the stages before it; the fields compose.
@@ -140,8 +157,6 @@ class RegistrationNet(nn.Module):
             DilatedEncoder(dim, 2, self.encoder[0])
         if self.kind == "gradients":
             return backbone, GradientHead(dim, backbone.out_channels)
-        if self.kind == "bspline":  # the head's field read at each control point (DIRNet / DLIR)
-            self.control_grid = control_grid_for(self.grid, self.control_mm)
         return backbone, FieldHead(dim, backbone.out_channels, self.scale_mm)
 
     def config(self) -> dict:
