@@ -6,7 +6,7 @@ Each fold writes ``RUNS/fold<k>/{train,val}.csv`` (paths to ../shared/data), tra
 ``configs/prostate_mr_trus.yaml`` on them with ``morphreg train`` (``--resume`` when the run exists, so a fold
 continues across sessions in chunks of --minutes), then scores its held-out pairs with ``prostate.score``.
 
-    python benchmarks/prostate_cv.py --runs RUNS [--folds 0-4] [--minutes 110] [--set train.steps=2500 ...]
+    python benchmarks/prostate_cv.py --runs RUNS [--folds 0-4] [--minutes 110] [--instance 0,40] [--set train.steps=2500 ...]
     python benchmarks/prostate_cv.py --runs RUNS --report        # the table over the folds scored so far
 """
 from __future__ import annotations
@@ -59,7 +59,11 @@ def train(run: Path, minutes: float, sets: list[str]) -> bool:
     return True
 
 
-def score_fold(run: Path, cases: list[int]) -> list[dict]:
+def score_fold(run: Path, cases: list[int], instance: list[int]) -> list[dict]:
+    """The fold's held-out pairs scored with the fold's model, for each number of instance optimisation steps
+    (0 = the network alone); times in process (network + warp [+ instance optimisation])."""
+    import time
+
     import torch
 
     from morphreg.image.io import read_image
@@ -69,8 +73,11 @@ def score_fold(run: Path, cases: list[int]) -> list[dict]:
     for i in cases:
         f = pair_files(i)
         fixed, moving = read_image(f["fixed"], dtype=torch.float32), read_image(f["moving"], dtype=torch.float32)
-        result = predict(run / "model" / "model.pt", fixed, moving)
-        records.append(score("learned", i, result.transform, sum(result.timings.get(k, 0) for k in ("network_s", "warp_s"))))
+        for steps in instance:
+            start = time.perf_counter()
+            result = predict(run / "model" / "model.pt", fixed, moving, instance_steps=steps)
+            tool = "learned" + (f"+io{steps}" if steps else "")
+            records.append(score(tool, i, result.transform, time.perf_counter() - start))
     (run / "scores.json").write_text(json.dumps(records, indent=2), encoding="utf-8")
     return records
 
@@ -81,25 +88,28 @@ def main() -> None:
     ap.add_argument("--folds", default=f"0-{FOLDS - 1}")
     ap.add_argument("--minutes", type=float, default=110.0, help="stop each training after this long (resume later)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config overrides for every fold")
+    ap.add_argument("--instance", default="0", help="instance optimisation steps to score, comma-separated (0 = none)")
+    ap.add_argument("--rescore", action="store_true", help="score the folds' finished models again (no training)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     if not ROOT.exists():
         sys.exit(f"prostate data not found at {ROOT}")
     cases = pair_numbers("0-77")
     parts = folds(cases)
+    instance = [int(s) for s in args.instance.split(",")]
     if not args.report:
         for k in pair_numbers(args.folds):
             run = args.runs / f"fold{k}"
             write_tables(run, [c for c in cases if c not in parts[k]], parts[k])
-            if train(run, args.minutes, args.sets):
-                score_fold(run, parts[k])
+            if args.rescore or train(run, args.minutes, args.sets):
+                score_fold(run, parts[k], instance)
             else:
                 print(f"fold {k}: stopped after {args.minutes} min; rerun to continue", flush=True)
                 return
     records = [r for k in range(FOLDS) if (args.runs / f"fold{k}" / "scores.json").exists()
                for r in json.loads((args.runs / f"fold{k}" / "scores.json").read_text())]
     print(f"{len({r['pair'] for r in records})} of 78 pairs scored")
-    print(summary_table(records, ["learned"]))
+    print(summary_table(records, list(dict.fromkeys(r["tool"] for r in records))))
 
 
 if __name__ == "__main__":

@@ -53,8 +53,24 @@ def medians(records: list[dict], tool: str) -> dict:
             "pairs_worse_tre": sum(r["tre_mm"] > r["tre_initial_mm"] + 0.1 for r in rs)}
 
 
-def model_card(run: Path, records: list[dict], pairs: list[int]) -> dict:
-    """The card: data, preprocessing, losses, training, validation figures (from ``records``), limits."""
+def cross_validation(runs: Path | None) -> dict | str:
+    """Medians over the pairs scored by ``prostate_cv.py --runs RUNS`` (its folds' scores.json), per tool."""
+    if runs is None:
+        return "not run (5 patient-grouped folds = 5 trainings: benchmarks/prostate_cv.py)"
+    import yaml
+
+    scored = sorted(runs.glob("fold*/scores.json"))
+    records = [r for path in scored for r in json.loads(path.read_text())]
+    config = yaml.safe_load((scored[0].parent / "model" / "config.yaml").read_text())
+    tools = list(dict.fromkeys(r["tool"] for r in records))
+    return {"folds": f"{len(scored)} of 5 patient-grouped folds (benchmarks/prostate_cv.py), each trained on the "
+                     "other folds' pairs and scored on its own", "steps_per_fold": config["train"]["steps"],
+            **{t: medians(records, t) for t in tools}}
+
+
+def model_card(run: Path, records: list[dict], pairs: list[int], cv_runs: Path | None = None) -> dict:
+    """The card: data, preprocessing, losses, training, validation figures (from ``records``), cross-validation
+    figures (from ``cv_runs``), limits."""
     import torch
     import yaml
 
@@ -72,7 +88,7 @@ def model_card(run: Path, records: list[dict], pairs: list[int]) -> dict:
             "task": "MR (moving) -> TRUS (fixed) prostate registration from the images alone",
             "validation": {"pairs": f"obs{pairs[0]:03d}-obs{pairs[-1]:03d} (never trained on)", "initial": initial,
                            **{t: medians(records, t) for t in tools}},
-            "cross_validation": "not run yet (5 patient-grouped folds = 5 trainings; see the closing note of issue 14)",
+            "cross_validation": cross_validation(cv_runs),
         },
         "data": "DeepReg's public, heavily blurred demo version of the SmartTarget MR-TRUS data "
                 f"(../shared/data/prostate_mr_trus): trained on the pairs of {config['data']['pairs']}, scored on "
@@ -81,8 +97,8 @@ def model_card(run: Path, records: list[dict], pairs: list[int]) -> dict:
         "preprocessing": {"model_grid_size": config["model"]["size"], "model_grid_spacing_mm": config["model"]["spacing"],
                           "intensity_percentiles": config["model"]["percentiles"],
                           "grid": "centred on the TRUS image, along its axes; both images resampled onto it"},
-        "network": {k: config["model"][k] for k in ("kind", "affine", "linear", "keypoints", "encoder", "decoder", "steps",
-                                                    "cascade")
+        "network": {k: config["model"][k] for k in ("kind", "affine", "linear", "keypoints", "keypoint_maps", "encoder",
+                                                    "decoder", "steps", "cascade")
                     if k in config["model"]},
         "loss": config["loss"],
         "augmentation": config["data"]["augment"],
@@ -92,7 +108,7 @@ def model_card(run: Path, records: list[dict], pairs: list[int]) -> dict:
                      "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
                      "recipe": "configs/prostate_mr_trus.yaml (morphreg train; continue with --resume)"},
         "limits": ["trained and scored on the blurred demo images only; not validated on clinical images",
-                   f"{len(pairs)} validation pairs; no cross-validation yet",
+                   f"{len(pairs)} validation pairs" + ("" if cv_runs else "; no cross-validation yet"),
                    "the model grid covers 72 x 96 x 72 mm around the TRUS centre: MR anatomy outside it is not seen"],
     }
 
@@ -117,6 +133,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--ship", type=Path, default=None, help="a run folder: ship its model.pt with the card from these figures")
+    ap.add_argument("--cv", type=Path, default=None, help="the RUNS folder of prostate_cv.py: its figures join the card")
     args = ap.parse_args()
     from peers import set_threads
 
@@ -146,7 +163,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(records, indent=2, default=str), encoding="utf-8")
     if args.ship:
-        print("shipped", ship(args.ship, model_card(args.ship, records, pairs)))
+        print("shipped", ship(args.ship, model_card(args.ship, records, pairs, args.cv)))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from morphreg.learn.augment import random_map, synthesised_pair
 from morphreg.core.sampling import sample
 from morphreg.learn.train import Trainer, batch_loss, changed_batch
 from morphreg.learn.zoo import shipped_models
+from morphreg.metrics.overlap import soft_dice
 from morphreg.metrics.points import centroid_distance
 
 CONFIG_2D = """
@@ -330,15 +331,23 @@ def test_keypoint_heads_fit_the_map_between_their_keypoints(monkeypatch):
     q = p @ a.T + t
     for fit, matrix, shift in (("affine", a, t), ("translation", torch.eye(2), (q - p).mean(1)[0])):
         head = KeypointHead(2, grid.points(), 4, (8, 8), (8, 8), fit=fit)
-        monkeypatch.setattr(head, "keypoints", lambda image, side: p if side == 0 else q)
+        monkeypatch.setattr(head, "keypoints", lambda image, side: (p if side == 0 else q, None))
         got_a, got_t = head(torch.zeros(1, 2, 16, 16))
         torch.testing.assert_close(got_a[0], matrix, atol=2e-3, rtol=0)
         torch.testing.assert_close(got_t[0], shift, atol=2e-2, rtol=0)
     # A real head: keypoints are soft-argmax positions inside the (half-resolution) grid.
-    head = KeypointHead(2, grid.points(), 3, (8, 8), (8, 8))
-    with torch.no_grad():
-        k = head.keypoints(torch.rand(2, 1, 16, 16), 0)
-    assert k.shape == (2, 3, 2) and float(k.abs().max()) <= 15.0
+    for maps in ("softmax", "segmentation"):
+        head = KeypointHead(2, grid.points(), 3, (8, 8), (8, 8), maps=maps)
+        with torch.no_grad():
+            k, weights = head.keypoints(torch.rand(2, 1, 16, 16), 0)
+        assert k.shape == (2, 3, 2) and float(k.abs().max()) <= 15.0 and weights.shape == (2, 3, 8, 8)
+    # A segmentation map's keypoint is its probability-weighted centroid.
+    head = KeypointHead(2, grid.points(), 1, (8, 8), (8, 8), maps="segmentation")
+    inside = (head.points[:, 0] > 4) & (head.points[:, 1] < -2)  # a block of the half-resolution grid
+    logits = torch.where(inside, 30.0, -30.0).view(1, 1, 8, 8)
+    monkeypatch.setattr(head.nets[0], "forward", lambda x: logits)
+    k, _ = head.keypoints(torch.zeros(1, 1, 16, 16), 0)
+    torch.testing.assert_close(k[0, 0], head.points[inside].mean(0), atol=1e-4, rtol=0)
 
 
 def test_a_keypoint_network_learns_translations(run_2d):
@@ -573,3 +582,59 @@ def test_the_spine_rigidity_configs_keep_the_vertebrae_rigid_while_the_tissue_de
                          ids=lambda p: p.stem)
 def test_every_shipped_config_is_valid(path):
     load_config(path)  # validated: a wrong key, type or value raises
+
+
+def test_segmentation_keypoint_maps_learn_each_images_label_and_align_their_centroids(run_2d):
+    # model.keypoint_maps segmentation + loss.segmentation: the two-step design (segment each image, align the
+    # segmentations) in one network. Label 1 of each image is the target; random shifts of each side (6 mm).
+    from morphreg.learn.train import segmentation_loss, with_segmentation_targets
+
+    config = load_config(run_2d / "cfg.yaml", [
+        "data.augment={shift_mm: 6.0}", "loss.similarity=null", "loss.labels=0", "loss.centroids=1",
+        "loss.segmentation=1", "loss.penalties=[]", "model.kind=none", "model.affine=true", "model.keypoints=1",
+        "model.keypoint_maps=segmentation", "model.linear=translation", "model.encoder=[8,16,16]", "train.lr=0.003",
+        "train.steps=150", "train.batch_size=3", "train.checkpoint_every=150", "train.validate_every=150"])
+    trainer = Trainer(config, run_2d / "segment")
+    pair = with_segmentation_targets(trainer.val_pairs[0], 0)
+    points = trainer.net.grid.points().view(1, -1, 2)
+    centre = lambda mask: (mask.flatten(1).T * points[0]).sum(0) / mask.sum()  # noqa: E731
+
+    def held_out() -> tuple[float, float]:
+        """Mean over 4 unseen random shifts of the held-out pair: segmentation loss, |shift - label centroids' shift| mm."""
+        losses, errors = [], []
+        for seed in range(4):
+            batch = changed_batch({k: v.unsqueeze(0) for k, v in pair.items()}, config, trainer.net.grid,
+                                  torch.Generator().manual_seed(500 + seed))
+            with torch.no_grad():
+                _, shift = trainer.net.affine_head(torch.cat([batch["fixed"], batch["moving"]], 1))
+                losses.append(float(segmentation_loss(trainer.net.affine_head.last_maps, batch)))
+            truth = centre(batch["moving_segmentation"][0]) - centre(batch["fixed_segmentation"][0])
+            errors.append(float((shift[0] - truth).norm()))
+        return float(np.mean(losses)), float(np.mean(errors))
+
+    before = held_out()
+    trainer.fit()
+    after = held_out()
+    assert after[0] < 0.5 * before[0], (before, after)  # the held-out image's label is found (0.62 -> 0.23)
+    assert after[1] < 0.4 * before[1], (before, after)  # and the shift follows the label centroids' (5.9 -> 1.2 mm)
+    with open(run_2d / "segment" / "metrics.csv") as f:
+        assert "segmentation" in next(csv.DictReader(f))
+    with pytest.raises(Exception, match="loss.segmentation"):
+        load_config(run_2d / "cfg.yaml", ["loss.segmentation=1"])
+    # Instance optimisation of such a model is the label-driven affine on its own two segmentations: their overlap
+    # through the refined transform is at least the network's.
+    from morphreg.learn.predict import predict
+    from morphreg.transforms import warp
+
+    net, _ = load_model(run_2d / "segment" / "model.pt")
+    fixed, moving = read_image(run_2d / "fixed3.nii.gz"), read_image(run_2d / "moving3.nii.gz")
+    fixed_seg, moving_seg = net.segmentations(fixed, moving)
+    assert fixed_seg.grid.same_as(net.space.grid_for(fixed.grid)) and 0 <= float(moving_seg.data.min()) <= 1
+
+    def overlap(result) -> float:
+        warped = warp(moving_seg, result.transform, fixed_seg.grid)
+        return float(soft_dice((fixed_seg.data[None] > 0.5).float(), (warped.data[None] > 0.5).float()))
+
+    alone, refined = (predict(run_2d / "segment" / "model.pt", fixed, moving, instance_steps=n) for n in (0, 20))
+    assert overlap(refined) >= overlap(alone) - 1e-3, (overlap(alone), overlap(refined))
+    assert "instance" in refined.preset

@@ -34,7 +34,8 @@ def test_the_prostate_model_is_shipped_small_with_its_card():
 
 
 @pytest.mark.realdata
-def test_the_shipped_model_improves_the_first_three_validation_pairs(shared_data, tmp_path, capfd):
+@pytest.mark.parametrize("options", [(), ("--instance-optimization", "40")], ids=["network", "instance-optimization"])
+def test_the_shipped_model_improves_the_first_three_validation_pairs(shared_data, tmp_path, capfd, options):
     # The first three held-out pairs (obs068-070, chosen by that rule, never trained on): the CLI by name, then
     # the mean TRE and gland Dice against the initial alignment, scored like the benchmarks.
     from morphreg.evaluate.run import evaluate_registration
@@ -46,7 +47,7 @@ def test_the_shipped_model_improves_the_first_three_validation_pairs(shared_data
     for case in ("obs068", "obs069", "obs070"):
         out = tmp_path / case
         code, text, _ = cli(capfd, "predict", NAME, root / "fixed_images" / f"{case}.nii.gz",
-                            root / "moving_images" / f"{case}.nii.gz", "-o", out)
+                            root / "moving_images" / f"{case}.nii.gz", "-o", out, *options)
         assert code == 0, text
         e = evaluate_registration(load_transform(out / "transform.h5"), read_image(root / "fixed_labels" / f"{case}.nii.gz"),
                                   read_image(root / "moving_labels" / f"{case}.nii.gz"), centroid_landmarks=True,

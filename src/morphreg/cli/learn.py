@@ -54,7 +54,9 @@ def predict_cmd(
     moving: Path = typer.Argument(..., help="Moving image."),
     output: Path = typer.Option(..., "-o", "--output", help="Output folder (as 'morphreg register' writes it)."),
     instance_optimization: int = typer.Option(0, "--instance-optimization", min=0, help="Refine the network's transform "
-                                              "with this many classical iterations of its training loss."),
+                                              "with this many classical iterations of its training loss (a network "
+                                              "that segments both images: of the label-driven affine on its "
+                                              "segmentations)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     report: bool = typer.Option(False, "--report", help="Also write OUT/report.html."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Accepted for symmetry with register (nothing to hide)."),

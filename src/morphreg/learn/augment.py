@@ -24,23 +24,27 @@ from morphreg.transforms.dense import sample_field, scaling_and_squaring
 class RandomMap:
     """A batch of random spatial maps (see the module docstring)."""
 
-    grid: Grid
+    grid: Grid  # the grid of the velocity: coarser than the model grid (see random_map)
     matrix: torch.Tensor  # (N, dim, dim)
     shift: torch.Tensor  # (N, dim) mm
-    velocity: torch.Tensor  # (N, dim, *shape) mm
+    velocity: torch.Tensor  # (N, dim, *grid shape) mm
+
+    def displacement(self, x: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+        """The displacement of exp(sign * v) at points (N, *shape, dim) mm (zero without a deformation)."""
+        if not self.velocity.any():
+            return torch.zeros_like(x)
+        return sample_field(scaling_and_squaring(sign * self.velocity, self.grid), self.grid, x, fill_value=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """S(x) for points (N|1, *shape, dim) on the grid's domain."""
-        u = sample_field(scaling_and_squaring(self.velocity, self.grid), self.grid, x.expand(len(self.matrix), *x.shape[1:]),
-                         fill_value=None)
-        return batch_affine_points(x + u, self.matrix, self.shift)
+        x = x.expand(len(self.matrix), *x.shape[1:])
+        return batch_affine_points(x + self.displacement(x), self.matrix, self.shift)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """S^-1(y) for points (N|1, *shape, dim)."""
         inverse = torch.linalg.inv(self.matrix)
         z = batch_affine_points(y, inverse, -(inverse @ self.shift.unsqueeze(-1)).squeeze(-1))  # A^-1 (y - t)
-        u = sample_field(scaling_and_squaring(-self.velocity, self.grid), self.grid, z, fill_value=None)
-        return z + u
+        return z + self.displacement(z, -1.0)
 
 
 def rotation(angles: torch.Tensor, dim: int) -> torch.Tensor:
@@ -74,6 +78,10 @@ def random_map(grid: Grid, n: int, gen: torch.Generator, rotation_deg: float = 0
     scales = 1 + (torch.rand((n, dim), generator=gen) * 2 - 1) * scale
     matrix = rotation(angles, dim) @ torch.diag_embed(scales)
     shift = (torch.rand((n, dim), generator=gen) * 2 - 1) * shift_mm
+    # The velocity is smooth on the scale of control_mm: integrating it on a grid of ~control_mm / 4 spacing
+    # is as exact as on the model grid and (3D, 1.5 mm points, 25 mm control) 64 times less work.
+    factor = max(1, int(control_mm / 4 / float(grid.spacing.min())))
+    grid = grid.downsample(factor) if factor > 1 else grid
     velocity = torch.zeros((n, dim, *grid.shape))
     if deformation_mm > 0:
         v = smooth_noise(grid, n, dim, control_mm, gen)

@@ -68,6 +68,9 @@ class ModelConfig:
     #                         | translation (model.keypoints only)
     keypoints: int = 0  # > 0: the affine head finds this many keypoints in each image (soft-argmax of heatmaps,
     #                     one U-Net per image) and fits model.linear (translation, or affine) to them
+    keypoint_maps: str = "softmax"  # softmax: free keypoints (soft-argmax) | segmentation: each keypoint is the
+    #                                 centroid of a sigmoid map; the first map learns loss.segmentation_channel
+    #                                 of each image (with loss.segmentation > 0)
     affine: bool = False  # an affine head first (global pooling -> matrix + shift), the deformable part after it
 
 
@@ -88,6 +91,9 @@ class LossConfig:
     symmetric: bool = False  # svf: also the reverse direction (fixed through exp(-v) onto the moving image), the data
     #                          terms averaged over both directions (bidirectional, as VoxelMorph-diff)
     affine: float = 0.0  # weight of mean |A - I| of the affine head (model.affine)
+    segmentation: float = 0.0  # weight of 1 - soft Dice between each image's first keypoint map
+    #                            (model.keypoint_maps segmentation) and its own label channel segmentation_channel
+    segmentation_channel: int = 0  # e.g. the prostate gland
     gradients: float = 0.0  # weight of mean |g - 1| of the grid steps (model.kind gradients; the paper's beta)
 
 
@@ -225,7 +231,7 @@ def _check_meaning(config: RunConfig, path) -> None:
     if any(s % multiple for s in m.size) or min(m.spacing, default=1) <= 0 or len(m.decoder) < len(m.encoder):
         problems.append(f"model.size {m.size} must divide by {multiple} (2 ** (len(model.encoder) + cascade - 1)), model.spacing be "
                         "positive and model.decoder have at least as many levels as model.encoder")
-    problems += structure_problems(m.dim, m.kind, m.affine, m.linear, m.keypoints, m.cascade)
+    problems += structure_problems(m.dim, m.kind, m.affine, m.linear, m.keypoints, m.cascade, m.keypoint_maps)
     if m.control_mm <= 0:
         problems.append(f"model.control_mm must be > 0, not {m.control_mm}")
     if loss.similarity is not None and loss.similarity not in SIMILARITIES:
@@ -235,7 +241,7 @@ def _check_meaning(config: RunConfig, path) -> None:
                 or p.get("mask") not in (None, "rigidity"):
             problems.append(f"loss.penalties entry {p!r}: {{name: one of {', '.join(PENALTIES)}, weight, params, "
                             "mask: rigidity (inside the pairs' rigidity_mask)}}")
-    if loss.similarity is None and not (loss.labels or loss.endpoint or loss.centroids or loss.boxes):
+    if loss.similarity is None and not (loss.labels or loss.endpoint or loss.centroids or loss.boxes or loss.segmentation):
         problems.append("the loss has no data term: set loss.similarity, loss.labels, loss.centroids, loss.boxes "
                         "or loss.endpoint")
     a = config.data.augment
@@ -262,6 +268,9 @@ def _check_meaning(config: RunConfig, path) -> None:
         problems.append(f"loss.label_scales_mm {loss.label_scales_mm} must be sigmas >= 0 mm, with loss.labels > 0")
     if loss.symmetric and (m.kind != "svf" or m.affine):
         problems.append("loss.symmetric needs model.kind svf without model.affine (the exact inverse exp(-v))")
+    if loss.segmentation and (m.keypoint_maps != "segmentation" or not m.keypoints) or loss.segmentation_channel < 0:
+        problems.append("loss.segmentation supervises the keypoint maps: set model.keypoints and model.keypoint_maps: "
+                        "segmentation (loss.segmentation_channel >= 0)")
     if loss.affine and not m.affine:
         problems.append("loss.affine weighs the affine head: set model.affine: true (or loss.affine: 0)")
     for p in loss.penalties:

@@ -37,14 +37,18 @@ from morphreg.transforms.linear import AffineTransform
 from morphreg.transforms.dense import DisplacementFieldTransform, StationaryVelocityFieldTransform
 
 MODEL_FORMAT = "morphreg-model"
-MODEL_VERSION = 2  # 2: the config keys control_mm, linear, cascade (version 1 files load unchanged)
+MODEL_VERSION = 3  # 2: the config keys control_mm, linear, cascade; 3: keypoint_maps (older files load unchanged)
 FIELD_KINDS = ("svf", "displacement", "gradients", "bspline", "none")  # gradients: the lung-MRI network's
 #   integrated grid; bspline: control points every control_mm; none: the affine head alone (model.affine)
 NETWORKS = ("unet", "dilated")
 LINEAR_MAPS = ("affine", "rigid", "translation")  # translation: keypoint heads only
 
 
-def structure_problems(dim: int, kind: str, affine: bool, linear: str, keypoints: int, cascade: int) -> list[str]:
+KEYPOINT_MAPS = ("softmax", "segmentation")
+
+
+def structure_problems(dim: int, kind: str, affine: bool, linear: str, keypoints: int, cascade: int,
+                       keypoint_maps: str = "softmax") -> list[str]:
     """What is wrong with a network's structure keys (model.*), one line each ([] if nothing): one rule set
     for the config check and the constructor (which also guards model files)."""
     problems = []
@@ -56,6 +60,8 @@ def structure_problems(dim: int, kind: str, affine: bool, linear: str, keypoints
                         f"keypoints), not {linear!r} with {keypoints} keypoints")
     if cascade < 1 or (cascade > 1 and kind not in ("svf", "displacement")):
         problems.append(f"model.cascade {cascade} must be >= 1, and > 1 only with model.kind svf or displacement")
+    if keypoint_maps not in KEYPOINT_MAPS:
+        problems.append(f"model.keypoint_maps must be one of {', '.join(KEYPOINT_MAPS)}, not {keypoint_maps!r}")
     return problems
 
 
@@ -114,12 +120,13 @@ class RegistrationNet(nn.Module):
 
     def __init__(self, space: ModelSpace, kind: str = "svf", encoder=(16, 32, 32, 32), decoder=(32, 32, 32, 16),
                  steps: int = 7, scale_mm: float | None = None, affine: bool = False, network: str = "unet",
-                 control_mm: float = 10.0, linear: str = "affine", cascade: int = 1, keypoints: int = 0):
+                 control_mm: float = 10.0, linear: str = "affine", cascade: int = 1, keypoints: int = 0,
+                 keypoint_maps: str = "softmax"):
         super().__init__()
         if kind not in FIELD_KINDS or network not in NETWORKS:
             raise MorphregError(f"model.kind must be one of {', '.join(FIELD_KINDS)} and model.network one of "
                                 f"{', '.join(NETWORKS)}, not {kind!r} / {network!r}")
-        problems = structure_problems(space.dim, kind, affine, linear, keypoints, cascade)
+        problems = structure_problems(space.dim, kind, affine, linear, keypoints, cascade, keypoint_maps)
         multiple = size_multiple(network, len(encoder), cascade)
         if any(s % multiple for s in space.size):
             problems.append(f"model.size {list(space.size)} must divide by {multiple} "
@@ -140,10 +147,10 @@ class RegistrationNet(nn.Module):
         self.refiners = nn.ModuleList(nn.ModuleList(self._stage_modules()) for _ in range(self.cascade - 1))
         self.affine, self.linear = bool(affine), linear
         # affine -> deformable in one model: the deformable part sees the moving image after the affine map.
-        self.keypoints = int(keypoints)
+        self.keypoints, self.keypoint_maps = int(keypoints), keypoint_maps
         if affine and keypoints:
             self.affine_head = KeypointHead(space.dim, self.grid.points(), keypoints, self.encoder[:3],
-                                            self.decoder, fit=linear)
+                                            self.decoder, fit=linear, maps=keypoint_maps)
         else:
             self.affine_head = AffineHead(space.dim, 2, self.encoder, 10 * self.scale_mm, rigid=linear == "rigid") \
                 if affine else None
@@ -163,7 +170,8 @@ class RegistrationNet(nn.Module):
         return {"space": {k: list(v) for k, v in asdict(self.space).items()}, "kind": self.kind,
                 "encoder": list(self.encoder), "decoder": list(self.decoder), "steps": self.steps,
                 "scale_mm": self.scale_mm, "affine": self.affine, "network": self.network, "control_mm": self.control_mm,
-                "linear": self.linear, "cascade": self.cascade, "keypoints": self.keypoints}
+                "linear": self.linear, "cascade": self.cascade, "keypoints": self.keypoints,
+                "keypoint_maps": self.keypoint_maps}
 
     @classmethod
     def from_config(cls, config: dict) -> "RegistrationNet":
@@ -278,6 +286,21 @@ class RegistrationNet(nn.Module):
         if matrix is not None:
             stages.insert(0, self._world_linear(grid, matrix, shift))
         return (stages[0] if len(stages) == 1 else CompositeTransform(stages)).freeze()
+
+    @torch.no_grad()
+    def segmentations(self, fixed: Image, moving: Image) -> tuple[Image, Image]:
+        """The first keypoint map of each image (model.keypoint_maps segmentation, trained by loss.segmentation)
+        as a probability Image (1, *shape) on the pair's model grid in world mm (upsampled from the maps' half
+        resolution): the network's segmentation of, e.g., the gland in both images."""
+        if not self.keypoints or self.keypoint_maps != "segmentation":
+            raise MorphregError("this model has no segmentation maps (model.keypoint_maps segmentation)")
+        grid = self.space.grid_for(fixed.grid)
+        device = next(self.parameters()).device
+        f, m = (self.space.prepare(x, grid).unsqueeze(0).to(device) for x in (fixed, moving))
+        self.affine_head(torch.cat([f, m], dim=1))
+        mode = "bilinear" if self.space.dim == 2 else "trilinear"
+        return tuple(Image(F.interpolate(maps[:, :1], size=tuple(f.shape[2:]), mode=mode)[0].cpu(), grid)
+                     for maps in self.affine_head.last_maps)
 
     @staticmethod
     def _world_linear(grid: Grid, matrix: torch.Tensor, shift: torch.Tensor) -> AffineTransform:

@@ -116,33 +116,47 @@ class AffineHead(nn.Module):
 
 class KeypointHead(nn.Module):
     """(fixed, moving) -> a translation or an affine map from corresponding keypoints (the KeyMorph idea):
-    one U-Net per image (the two may differ in modality) gives ``keypoints`` heatmaps, a softmax over space
-    makes each a distribution, and its mean position is a keypoint (mm). ``fit``: "translation" (mean of
-    q_k - p_k) or "affine" (least squares, needs keypoints >= dim + 1). The heatmaps are computed on the
-    images averaged over 2 voxels per axis (a quarter / eighth of the work; soft-argmax stays sub-voxel).
+    one U-Net per image (the two may differ in modality) gives ``keypoints`` maps, and each map's mean
+    position is a keypoint (mm). ``maps``: "softmax" (a softmax over space makes each map a distribution:
+    the keypoints are free, learned only through the registration loss) or "segmentation" (each map is a
+    sigmoid probability, its keypoint the probability-weighted centroid; the first map can be supervised
+    as a segmentation of each image, ``last_maps``: the two-step design "segment the gland in both images,
+    align the segmentations" in one network). ``fit``: "translation" (mean of q_k - p_k) or "affine" (least
+    squares, needs keypoints >= dim + 1). The maps are computed on the images averaged over 2 voxels per
+    axis (a quarter / eighth of the work; the centroids stay sub-voxel).
     Why: a CNN with global average pooling (:class:`AffineHead`) barely sees *where* things are, and on the
     prostate pairs most of the error is the gland's position."""
 
     def __init__(self, dim: int, points: torch.Tensor, keypoints: int = 4, encoder=(16, 32, 32),
-                 decoder=(32, 32, 32, 16), fit: str = "translation"):
+                 decoder=(32, 32, 32, 16), fit: str = "translation", maps: str = "softmax"):
         super().__init__()
-        self.dim, self.fit = dim, fit
+        self.dim, self.fit, self.maps = dim, fit, maps
         self.nets = nn.ModuleList(nn.Sequential(UNet(dim, 1, encoder, decoder), conv(dim, decoder[-1], keypoints))
                                   for _ in range(2))
         pool = F.avg_pool2d if dim == 2 else F.avg_pool3d
         coarse = pool(torch.movedim(points, -1, 0).unsqueeze(0), 2)[0]  # (dim, *coarse shape) mm
         self.register_buffer("points", coarse.flatten(1).T.contiguous(), persistent=False)  # (P, dim)
+        self.last_maps: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def keypoints(self, image: torch.Tensor, side: int) -> torch.Tensor:
-        """(N, 1, *shape) -> keypoints (N, K, dim) mm on the canonical grid."""
+    def keypoints(self, image: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 1, *shape) -> (keypoints (N, K, dim) mm on the canonical grid, maps (N, K, *shape / 2):
+        softmax weights or segmentation probabilities)."""
         pool = F.avg_pool2d if self.dim == 2 else F.avg_pool3d
-        logits = self.nets[side](pool(image, 2)).flatten(2)  # (N, K, P)
-        return torch.softmax(logits, dim=-1) @ self.points
+        logits = self.nets[side](pool(image, 2))
+        flat = logits.flatten(2)  # (N, K, P)
+        if self.maps == "segmentation":
+            weights = torch.sigmoid(flat)
+            points = weights @ self.points / weights.sum(-1, keepdim=True).clamp_min(1e-6)
+        else:
+            weights = torch.softmax(flat, dim=-1)
+            points = weights @ self.points
+        return points, weights.view_as(logits)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 2, *shape) fixed and moving -> matrix (N, dim, dim), shift (N, dim) mm: y = A x + t maps the
-        fixed keypoints onto the moving ones."""
-        p, q = self.keypoints(x[:, :1], 0), self.keypoints(x[:, 1:], 1)
+        fixed keypoints onto the moving ones. Keeps the maps of both images in ``last_maps`` (for a loss)."""
+        (p, fixed_maps), (q, moving_maps) = self.keypoints(x[:, :1], 0), self.keypoints(x[:, 1:], 1)
+        self.last_maps = (fixed_maps, moving_maps)
         n, eye = x.shape[0], torch.eye(self.dim, dtype=x.dtype, device=x.device)
         if self.fit == "translation":
             return eye.expand(n, -1, -1), (q - p).mean(1)

@@ -6,6 +6,11 @@ started from the network's transform: one SVF stage at full resolution on top of
 similarity and penalties of the training loss. It runs like any classical stage, on the images at
 their own resolution and intensities (not on the model grid's normalised ones), so its weights are
 the classical stage's, not the training loss's scale.
+
+A network that segments both images (model.keypoint_maps segmentation, trained with loss.segmentation)
+is refined on its own segmentations instead: the label-driven affine stage of the classical engine
+(soft Dice of the smoothed segmentations, images not used), the second step of the two-step design
+"segment the gland in both images, then the label-driven affine".
 """
 from __future__ import annotations
 
@@ -32,6 +37,14 @@ def instance_stage(card: dict, steps: int) -> dict:
             "levels": [[1, 0.0, int(steps)]]}
 
 
+def label_instance_stage(steps: int) -> dict:
+    """The label-driven affine stage (the "labels" preset's, at half resolution) for ``steps`` iterations,
+    started from the network's transform rather than from the labels' centres."""
+    from morphreg.register.presets import get_preset
+
+    return {**get_preset("labels")[0], "init": None, "levels": [[2, None, int(steps)]]}
+
+
 def predict(model: str | Path, fixed, moving, instance_steps: int = 0, device: str = "cpu", seed: int = 0):
     """Register ``moving`` to ``fixed`` (paths or Images) with ``model`` (a file or a shipped model's name); with
     ``instance_steps`` > 0 the network's transform is refined by that many classical iterations."""
@@ -50,7 +63,12 @@ def predict(model: str | Path, fixed, moving, instance_steps: int = 0, device: s
     t_io = time.perf_counter() - t0
     transform = net.predict(fixed, moving)
     t_net = time.perf_counter() - t0 - t_io
-    if instance_steps:
+    if instance_steps and net.keypoint_maps == "segmentation":
+        fixed_seg, moving_seg = (s.with_data((s.data > 0.5).to(torch.uint8)) for s in net.segmentations(fixed, moving))
+        result = register(fixed, moving, [label_instance_stage(instance_steps)], initial_transform=transform,
+                          fixed_labels=fixed_seg, moving_labels=moving_seg, modality="mono", device=device, seed=seed)
+        result.fixed_path, result.moving_path = fixed_path, moving_path
+    elif instance_steps:
         result = register(fixed, moving, [instance_stage(card, instance_steps)], initial_transform=transform,
                           modality="mono", device=device, seed=seed)
         result.fixed_path, result.moving_path = fixed_path, moving_path

@@ -69,7 +69,7 @@ def network_of(config: RunConfig) -> RegistrationNet:
     space = ModelSpace(tuple(m.size), tuple(float(s) for s in m.spacing), tuple(m.percentiles))
     return RegistrationNet(space, m.kind, m.encoder, m.decoder, m.steps, affine=m.affine, network=m.network,
                            control_mm=m.control_mm, linear=m.linear, cascade=m.cascade,
-                           keypoints=m.keypoints)
+                           keypoints=m.keypoints, keypoint_maps=m.keypoint_maps)
 
 
 def stage_loss(config: RunConfig) -> tuple[StageLoss, list[PenaltyTerm]]:
@@ -79,6 +79,21 @@ def stage_loss(config: RunConfig) -> tuple[StageLoss, list[PenaltyTerm]]:
                       centroid_weight=loss.centroids, box_weight=loss.boxes, label_scales_mm=tuple(loss.label_scales_mm))
     return stage, [PenaltyTerm(p["name"], float(p.get("weight", 1.0)), dict(p.get("params") or {}), mask_name=p.get("mask"))
                    for p in loss.penalties]
+
+
+def with_segmentation_targets(pair: dict, channel: int) -> dict:
+    """``pair`` with ``fixed_segmentation`` / ``moving_segmentation`` (1, *shape): its label channel
+    ``channel`` of each image, the targets of loss.segmentation (taken before one channel is sampled)."""
+    return {**pair, "fixed_segmentation": pair["fixed_labels"][channel:channel + 1],
+            "moving_segmentation": pair["moving_labels"][channel:channel + 1]}
+
+
+def segmentation_loss(maps: tuple[torch.Tensor, torch.Tensor], batch: dict) -> torch.Tensor:
+    """Mean over both images of 1 - soft Dice between the first keypoint map (N, 1, *shape / 2) of each image
+    and its segmentation target (N, 1, *shape), averaged over 2 voxels per axis as the maps are."""
+    pool = torch.nn.functional.avg_pool2d if maps[0].dim() == 4 else torch.nn.functional.avg_pool3d
+    return sum(1 - soft_dice(m[:, :1], pool(batch[f"{side}_segmentation"], 2)).mean()
+               for m, side in zip(maps, ("fixed", "moving"))) / 2
 
 
 def one_label_pair(pair: dict, gen: torch.Generator) -> dict:
@@ -102,12 +117,14 @@ def changed_batch(batch: dict, config: RunConfig, grid, gen: torch.Generator) ->
         s = random_map(grid, n, gen, **spatial)
         inverse = s.inverse(x)
         batch = {**batch, "moving": sample(batch["fixed"], grid, inverse), "target": s.forward(x)}
-        if "fixed_labels" in batch:
-            batch["moving_labels"] = sample(batch["fixed_labels"], grid, inverse)
+        for kind in ("labels", "segmentation"):
+            if f"fixed_{kind}" in batch:
+                batch[f"moving_{kind}"] = sample(batch[f"fixed_{kind}"], grid, inverse)
     elif a.rotation_deg or a.scale or a.shift_mm or a.deformation_mm:
         for side in ("fixed", "moving"):
             points = random_map(grid, n, gen, **spatial).forward(x)
-            keys = (side, f"{side}_labels", f"{side}_mask") + (("rigidity_mask",) if side == "fixed" else ())
+            keys = (side, f"{side}_labels", f"{side}_segmentation", f"{side}_mask") + \
+                (("rigidity_mask",) if side == "fixed" else ())
             batch = warp_batch(batch, keys, grid, points)
     if a.noise or a.bias or a.gamma or a.contrast:
         for side in ("fixed", "moving"):
@@ -116,12 +133,13 @@ def changed_batch(batch: dict, config: RunConfig, grid, gen: torch.Generator) ->
 
 
 def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: list[PenaltyTerm], forward=None,
-               affine_weight: float = 0.0, gradient_weight: float = 0.0, symmetric: bool = False):
+               affine_weight: float = 0.0, gradient_weight: float = 0.0, symmetric: bool = False,
+               segmentation_weight: float = 0.0):
     """(named weighted terms, mapped points (N, *shape, dim), warped labels) of one batch on the canonical
     grid; ``forward``: what runs the network (its DistributedDataParallel wrapper), default ``net``;
     ``affine_weight``: of mean |A - I| of an affine part, ``gradient_weight``: of mean |g - 1| of the grid
     steps (the lung-MRI network's alpha and beta); ``symmetric``: average the data terms with the reverse
-    direction (loss.symmetric)."""
+    direction (loss.symmetric); ``segmentation_weight``: of :func:`segmentation_loss` of the keypoint maps."""
     grid = net.grid
     # A penalty with "mask: rigidity" acts inside each pair's rigidity mask (fixed grid).
     penalties = [dataclasses.replace(p, mask=batch[f"{p.mask_name}_mask"]) if p.mask_name else p for p in penalties]
@@ -145,6 +163,8 @@ def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: li
             terms[name] = (terms[name] + value) / 2
     if affine_weight and matrix is not None:
         terms["affine"] = affine_weight * (matrix - torch.eye(grid.dim, device=matrix.device)).abs().mean()
+    if segmentation_weight:
+        terms["segmentation"] = segmentation_weight * segmentation_loss(net.affine_head.last_maps, batch)
     if gradient_weight:
         terms["gradients"] = gradient_weight * (grid_gradients(field, grid.spacing) - 1).abs().mean()
     return terms, mapped, warped_labels
@@ -192,7 +212,7 @@ class Trainer:
         self.loss, self.penalties = stage_loss(config)
         self.term_names = [n for n, w in (("similarity", config.loss.similarity and config.loss.similarity_weight),
                                           ("labels", config.loss.labels), ("centroids", config.loss.centroids),
-                                          ("boxes", config.loss.boxes),
+                                          ("boxes", config.loss.boxes), ("segmentation", config.loss.segmentation),
                                           ("endpoint", config.loss.endpoint),
                                           ("affine", config.model.affine and config.loss.affine),
                                           ("gradients", config.loss.gradients)) if w]
@@ -224,9 +244,17 @@ class Trainer:
         if data.synthesise and not all("fixed_labels" in p for p in rows):
             raise MorphregError("data.synthesise makes images from the label maps: every pair needs fixed_labels and "
                                 "moving_labels", data.pairs or data.images)
-        if (config.loss.labels or config.loss.centroids or config.loss.boxes) and not all("fixed_labels" in p for p in rows):
-            raise MorphregError("loss.labels / centroids / boxes > 0 but some training pairs have no fixed_labels / "
-                                "moving_labels", data.pairs or data.images)
+        if (config.loss.labels or config.loss.centroids or config.loss.boxes or config.loss.segmentation) and \
+                not all("fixed_labels" in p for p in rows):
+            raise MorphregError("loss.labels / centroids / boxes / segmentation > 0 but some training pairs have no "
+                                "fixed_labels / moving_labels", data.pairs or data.images)
+        channel = config.loss.segmentation_channel
+        if config.loss.segmentation and any("fixed_labels" not in p or (not isinstance(p["fixed_labels"], str) and
+                                                                        p["fixed_labels"].shape[0] <= channel)
+                                            for p in list(rows) + list(self.val_pairs)):
+            raise MorphregError(f"loss.segmentation_channel {channel}: some pairs (or validation pairs) have no such "
+                                "label channel",
+                                data.pairs or data.images)
         counts = {p["fixed_labels"].shape[0] for p in rows if "fixed_labels" in p and not isinstance(p["fixed_labels"], str)}
         if len(counts) > 1 and data.label_sampling == "all" and config.train.batch_size * self.world > 1:
             raise MorphregError(f"the pairs have {sorted(counts)} label channels: batches need one count (set "
@@ -338,13 +366,15 @@ class Trainer:
             pairs = [self.pairs[i] for i in self.batch_indices(self.step)]
             if self.config.data.synthesise:
                 pairs = [synthesised_pair(p, self.net.grid, gen) for p in pairs]
+            if self.config.loss.segmentation:
+                pairs = [with_segmentation_targets(p, self.config.loss.segmentation_channel) for p in pairs]
             if self.config.data.label_sampling == "one":
                 pairs = [one_label_pair(p, gen) for p in pairs]
             batch = changed_batch(collate(pairs), self.config, self.net.grid, gen)
             mine = slice(self.rank * t.batch_size, (self.rank + 1) * t.batch_size)
             batch = {k: v[mine].to(self.device) for k, v in batch.items()}
             terms, _, _ = batch_loss(self.net, batch, self.loss, self.penalties, self.forward, self.config.loss.affine,
-                                     self.config.loss.gradients, self.config.loss.symmetric)
+                                     self.config.loss.gradients, self.config.loss.symmetric, self.config.loss.segmentation)
             loss = total(terms)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -400,6 +430,8 @@ class Trainer:
         self.net.eval()
         losses, dices, folds, endpoints, centroids = [], [], [], [], []
         for i, pair in enumerate(self.val_pairs):
+            if self.config.loss.segmentation:
+                pair = with_segmentation_targets(pair, self.config.loss.segmentation_channel)
             batch = {k: v.unsqueeze(0) for k, v in pair.items()}
             if self.config.loss.endpoint:
                 batch = changed_batch(batch, self.config, self.net.grid, torch.Generator().manual_seed(10_000_019 + i))
@@ -407,7 +439,8 @@ class Trainer:
             terms, mapped, warped_labels = batch_loss(self.net, batch, self.loss, self.penalties,
                                                       affine_weight=self.config.loss.affine,
                                                       gradient_weight=self.config.loss.gradients,
-                                                      symmetric=self.config.loss.symmetric)
+                                                      symmetric=self.config.loss.symmetric,
+                                                      segmentation_weight=self.config.loss.segmentation)
             losses.append(float(total(terms)))
             if warped_labels is not None:
                 points = self.net.grid.points(device=self.device).unsqueeze(0)
