@@ -7,7 +7,8 @@ instance optimisation), without process start or file reading; scored by the sam
 (``prostate.score``: gland Dice, landmark-centroid TRE, folding).
 
     python benchmarks/prostate_model.py --model RUN/model.pt [--pairs 68-77] [--instance 0,50]
-        [--peers morphreg,morphreg-labels,ants,elastix | --peer-records PROSTATE.json] [--json OUT.json] [--ship RUN]
+        [--peers morphreg,morphreg-labels,ants,elastix | --peer-records PROSTATE.json ...] [--json OUT.json]
+        [--name deepreg-recipe] [--ship RUN [--cv CV_RUNS]]
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "src" / "morphreg" / "models"
 NAME = "prostate-mr-trus"
 
 
-def run_learned(model: str, i: int, instance_steps: int) -> dict:
+def run_learned(model: str, i: int, instance_steps: int, name: str = "learned") -> dict:
     import torch
 
     from morphreg.image.io import read_image
@@ -38,7 +39,7 @@ def run_learned(model: str, i: int, instance_steps: int) -> dict:
     start = time.perf_counter()
     result = predict(model, fixed, moving, instance_steps=instance_steps)
     seconds = time.perf_counter() - start
-    tool = "learned" + (f"+io{instance_steps}" if instance_steps else "")
+    tool = name + (f"+io{instance_steps}" if instance_steps else "")
     return score(tool, i, result.transform, seconds)
 
 
@@ -60,6 +61,8 @@ def cross_validation(runs: Path | None) -> dict | str:
     import yaml
 
     scored = sorted(runs.glob("fold*/scores.json"))
+    if not scored:
+        sys.exit(f"{runs}: no fold scored yet (prostate_cv.py writes fold<k>/scores.json)")
     records = [r for path in scored for r in json.loads(path.read_text())]
     config = yaml.safe_load((scored[0].parent / "model" / "config.yaml").read_text())
     tools = list(dict.fromkeys(r["tool"] for r in records))
@@ -128,8 +131,10 @@ def main() -> None:
     ap.add_argument("--pairs", default="68-77")
     ap.add_argument("--instance", default="0", help="instance optimisation steps, comma-separated (0 = none)")
     ap.add_argument("--peers", default="", help="classical tools on the same pairs (prostate.py names)")
-    ap.add_argument("--peer-records", type=Path, default=None,
-                    help="a --json file of prostate.py on the same pairs: its tools join the table (timed in that run)")
+    ap.add_argument("--peer-records", type=Path, action="append", default=[],
+                    help="a --json file of prostate.py (or of this script) on the same pairs: its tools join the table "
+                         "(timed in that run); repeatable")
+    ap.add_argument("--name", default="learned", help="the model's row name (e.g. deepreg-recipe for the peer recipe)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--ship", type=Path, default=None, help="a run folder: ship its model.pt with the card from these figures")
@@ -147,15 +152,15 @@ def main() -> None:
     records = []
     for i in pairs:
         for n in steps:
-            records.append(run_learned(model, i, n))
+            records.append(run_learned(model, i, n, args.name))
             print_record(records[-1])
         for tool in peers:
             records.append(run_tool(tool, i, args.threads))
             print_record(records[-1])
-    tools = ["learned" + (f"+io{n}" if n else "") for n in steps] + peers
+    tools = [args.name + (f"+io{n}" if n else "") for n in steps] + peers
     if args.peer_records:
         wanted = {f"obs{i:03d}" for i in pairs}
-        earlier = [r for r in json.loads(args.peer_records.read_text()) if r["pair"] in wanted]
+        earlier = [r for path in args.peer_records for r in json.loads(path.read_text()) if r["pair"] in wanted]
         records += earlier
         tools += list(dict.fromkeys(r["tool"] for r in earlier))
     print()

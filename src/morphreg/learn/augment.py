@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -80,8 +81,8 @@ def random_map(grid: Grid, n: int, gen: torch.Generator, rotation_deg: float = 0
     shift = (torch.rand((n, dim), generator=gen) * 2 - 1) * shift_mm
     # The velocity is smooth on the scale of control_mm: integrating it on a grid of ~control_mm / 4 spacing
     # is as exact as on the model grid and (3D, 1.5 mm points, 25 mm control) 64 times less work.
-    factor = max(1, int(control_mm / 4 / float(grid.spacing.min())))
-    grid = grid.downsample(factor) if factor > 1 else grid
+    factor = np.maximum(1, np.floor(control_mm / 4 / grid.spacing)).astype(int)  # per axis: anisotropic grids
+    grid = grid.downsample(factor) if (factor > 1).any() else grid
     velocity = torch.zeros((n, dim, *grid.shape))
     if deformation_mm > 0:
         v = smooth_noise(grid, n, dim, control_mm, gen)

@@ -242,8 +242,8 @@ def _check_meaning(config: RunConfig, path) -> None:
             problems.append(f"loss.penalties entry {p!r}: {{name: one of {', '.join(PENALTIES)}, weight, params, "
                             "mask: rigidity (inside the pairs' rigidity_mask)}}")
     if loss.similarity is None and not (loss.labels or loss.endpoint or loss.centroids or loss.boxes or loss.segmentation):
-        problems.append("the loss has no data term: set loss.similarity, loss.labels, loss.centroids, loss.boxes "
-                        "or loss.endpoint")
+        problems.append("the loss has no data term: set loss.similarity, loss.labels, loss.centroids, loss.boxes, "
+                        "loss.segmentation or loss.endpoint")
     a = config.data.augment
     if loss.endpoint and not (a.rotation_deg or a.scale or a.shift_mm or a.deformation_mm):
         problems.append("loss.endpoint (supervised training) needs random maps: set data.augment.deformation_mm "
@@ -268,9 +268,11 @@ def _check_meaning(config: RunConfig, path) -> None:
         problems.append(f"loss.label_scales_mm {loss.label_scales_mm} must be sigmas >= 0 mm, with loss.labels > 0")
     if loss.symmetric and (m.kind != "svf" or m.affine):
         problems.append("loss.symmetric needs model.kind svf without model.affine (the exact inverse exp(-v))")
-    if loss.segmentation and (m.keypoint_maps != "segmentation" or not m.keypoints) or loss.segmentation_channel < 0:
+    if loss.segmentation and (m.keypoint_maps != "segmentation" or not m.keypoints):
         problems.append("loss.segmentation supervises the keypoint maps: set model.keypoints and model.keypoint_maps: "
-                        "segmentation (loss.segmentation_channel >= 0)")
+                        "segmentation")
+    if loss.segmentation_channel < 0:
+        problems.append(f"loss.segmentation_channel must be >= 0, not {loss.segmentation_channel}")
     if loss.affine and not m.affine:
         problems.append("loss.affine weighs the affine head: set model.affine: true (or loss.affine: 0)")
     for p in loss.penalties:

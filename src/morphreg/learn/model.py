@@ -28,7 +28,7 @@ from morphreg.errors import MorphregError
 from morphreg.image.image import Image
 from morphreg.core.sampling import batch_affine_points, sample
 from morphreg.core.bspline import evaluate_bspline_separable
-from morphreg.learn.networks import (AffineHead, DilatedEncoder, FieldHead, GradientHead, KeypointHead, UNet,
+from morphreg.learn.networks import (AffineHead, average_pool, DilatedEncoder, FieldHead, GradientHead, KeypointHead, UNet,
                                      integrate_gradients)
 from morphreg.transforms import Transform
 from morphreg.transforms.composite import CompositeTransform
@@ -37,7 +37,8 @@ from morphreg.transforms.linear import AffineTransform
 from morphreg.transforms.dense import DisplacementFieldTransform, StationaryVelocityFieldTransform
 
 MODEL_FORMAT = "morphreg-model"
-MODEL_VERSION = 3  # 2: the config keys control_mm, linear, cascade; 3: keypoint_maps (older files load unchanged)
+MODEL_VERSION = 3  # 2: the config keys control_mm, linear, cascade; 3: keypoint_maps (older files load unchanged;
+#                   a model with softmax keypoint maps is written as version 2 without the key, so older morphreg reads it)
 FIELD_KINDS = ("svf", "displacement", "gradients", "bspline", "none")  # gradients: the lung-MRI network's
 #   integrated grid; bspline: control points every control_mm; none: the affine head alone (model.affine)
 NETWORKS = ("unet", "dilated")
@@ -60,8 +61,9 @@ def structure_problems(dim: int, kind: str, affine: bool, linear: str, keypoints
                         f"keypoints), not {linear!r} with {keypoints} keypoints")
     if cascade < 1 or (cascade > 1 and kind not in ("svf", "displacement")):
         problems.append(f"model.cascade {cascade} must be >= 1, and > 1 only with model.kind svf or displacement")
-    if keypoint_maps not in KEYPOINT_MAPS:
-        problems.append(f"model.keypoint_maps must be one of {', '.join(KEYPOINT_MAPS)}, not {keypoint_maps!r}")
+    if keypoint_maps not in KEYPOINT_MAPS or (keypoint_maps != "softmax" and not keypoints):
+        problems.append(f"model.keypoint_maps must be one of {', '.join(KEYPOINT_MAPS)}, not {keypoint_maps!r}; "
+                        "segmentation maps belong to a keypoint head (model.keypoints > 0)")
     return problems
 
 
@@ -171,7 +173,7 @@ class RegistrationNet(nn.Module):
                 "encoder": list(self.encoder), "decoder": list(self.decoder), "steps": self.steps,
                 "scale_mm": self.scale_mm, "affine": self.affine, "network": self.network, "control_mm": self.control_mm,
                 "linear": self.linear, "cascade": self.cascade, "keypoints": self.keypoints,
-                "keypoint_maps": self.keypoint_maps}
+                **({"keypoint_maps": self.keypoint_maps} if self.keypoint_maps != "softmax" else {})}
 
     @classmethod
     def from_config(cls, config: dict) -> "RegistrationNet":
@@ -215,8 +217,7 @@ class RegistrationNet(nn.Module):
         x = torch.cat([fixed, moving], dim=1)
         if factor == 1:
             return head(backbone(x))
-        pool = F.avg_pool2d if x.dim() == 4 else F.avg_pool3d
-        out = head(backbone(pool(x, factor)))
+        out = head(backbone(average_pool(x, factor)))
         return F.interpolate(out, scale_factor=factor, mode="bilinear" if x.dim() == 4 else "trilinear")
 
     def stage_fields(self, field: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -263,15 +264,21 @@ class RegistrationNet(nn.Module):
             return StationaryVelocityFieldTransform(field, grid, self.steps, parameter=False)
         return DisplacementFieldTransform(field, grid, parameter=False)
 
-    @torch.no_grad()
-    def predict(self, fixed: Image, moving: Image) -> Transform:
-        """The fixed -> moving transform of a pair of images (any grids), in world mm."""
+    def model_inputs(self, fixed: Image, moving: Image) -> tuple[Grid, torch.Tensor, torch.Tensor]:
+        """(the pair's model grid in world mm, fixed and moving (1, 1, *shape) on it, normalised, on the
+        network's device) of a pair of images on any grids."""
         for image in (fixed, moving):
             if image.dim != self.space.dim:
                 raise MorphregError(f"this model registers {self.space.dim}D images, not {image.dim}D", image.name)
         grid = self.space.grid_for(fixed.grid)
         device = next(self.parameters()).device
         f, m = (self.space.prepare(x, grid).unsqueeze(0).to(device) for x in (fixed, moving))
+        return grid, f, m
+
+    @torch.no_grad()
+    def predict(self, fixed: Image, moving: Image) -> Transform:
+        """The fixed -> moving transform of a pair of images (any grids), in world mm."""
+        grid, f, m = self.model_inputs(fixed, moving)
         out, matrix, shift = self.head_output(f, m)
         field = out if self.kind == "bspline" else self.dense(out)
         if self.kind == "none":
@@ -294,13 +301,10 @@ class RegistrationNet(nn.Module):
         resolution): the network's segmentation of, e.g., the gland in both images."""
         if not self.keypoints or self.keypoint_maps != "segmentation":
             raise MorphregError("this model has no segmentation maps (model.keypoint_maps segmentation)")
-        grid = self.space.grid_for(fixed.grid)
-        device = next(self.parameters()).device
-        f, m = (self.space.prepare(x, grid).unsqueeze(0).to(device) for x in (fixed, moving))
-        self.affine_head(torch.cat([f, m], dim=1))
+        grid, f, m = self.model_inputs(fixed, moving)
         mode = "bilinear" if self.space.dim == 2 else "trilinear"
-        return tuple(Image(F.interpolate(maps[:, :1], size=tuple(f.shape[2:]), mode=mode)[0].cpu(), grid)
-                     for maps in self.affine_head.last_maps)
+        return tuple(Image(F.interpolate(self.affine_head.keypoints(x, side)[1][:, :1], size=tuple(x.shape[2:]),
+                                         mode=mode)[0].cpu(), grid) for side, x in enumerate((f, m)))
 
     @staticmethod
     def _world_linear(grid: Grid, matrix: torch.Tensor, shift: torch.Tensor) -> AffineTransform:
@@ -314,7 +318,8 @@ def save_model(net: RegistrationNet, path: str | Path, card: dict | None = None,
     """One file: weights + constructor config + model card, loadable with ``weights_only=True``."""
     from morphreg.core.files import atomic_path
 
-    payload = {"format": MODEL_FORMAT, "version": MODEL_VERSION, "config": net.config(),
+    config = net.config()
+    payload = {"format": MODEL_FORMAT, "version": MODEL_VERSION if "keypoint_maps" in config else 2, "config": config,
                "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "card": card or {}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

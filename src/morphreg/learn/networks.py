@@ -15,6 +15,11 @@ def conv(dim: int, in_channels: int, out_channels: int, kernel: int = 3, stride:
     return cls(in_channels, out_channels, kernel, stride=stride, padding=dilation * (kernel // 2), dilation=dilation)
 
 
+def average_pool(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(N, C, *shape) averaged over ``factor`` points per axis (2D or 3D): (N, C, *shape / factor)."""
+    return (F.avg_pool2d if x.dim() == 4 else F.avg_pool3d)(x, factor)
+
+
 class ConvBlock(nn.Module):
     """conv -> LeakyReLU(0.2), optionally strided (stride 2 halves each axis)."""
 
@@ -120,8 +125,9 @@ class KeypointHead(nn.Module):
     position is a keypoint (mm). ``maps``: "softmax" (a softmax over space makes each map a distribution:
     the keypoints are free, learned only through the registration loss) or "segmentation" (each map is a
     sigmoid probability, its keypoint the probability-weighted centroid; the first map can be supervised
-    as a segmentation of each image, ``last_maps``: the two-step design "segment the gland in both images,
-    align the segmentations" in one network). ``fit``: "translation" (mean of q_k - p_k) or "affine" (least
+    as a segmentation of each image: the two-step design "segment the gland in both images, align the
+    segmentations" in one network). :meth:`forward` keeps both images' maps in ``last_maps`` for the training
+    loss (they are part of the autograd graph of the same call). ``fit``: "translation" (mean of q_k - p_k) or "affine" (least
     squares, needs keypoints >= dim + 1). The maps are computed on the images averaged over 2 voxels per
     axis (a quarter / eighth of the work; the centroids stay sub-voxel).
     Why: a CNN with global average pooling (:class:`AffineHead`) barely sees *where* things are, and on the
@@ -133,19 +139,17 @@ class KeypointHead(nn.Module):
         self.dim, self.fit, self.maps = dim, fit, maps
         self.nets = nn.ModuleList(nn.Sequential(UNet(dim, 1, encoder, decoder), conv(dim, decoder[-1], keypoints))
                                   for _ in range(2))
-        pool = F.avg_pool2d if dim == 2 else F.avg_pool3d
-        coarse = pool(torch.movedim(points, -1, 0).unsqueeze(0), 2)[0]  # (dim, *coarse shape) mm
+        coarse = average_pool(torch.movedim(points, -1, 0).unsqueeze(0), 2)[0]  # (dim, *coarse shape) mm
         self.register_buffer("points", coarse.flatten(1).T.contiguous(), persistent=False)  # (P, dim)
         self.last_maps: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def keypoints(self, image: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 1, *shape) -> (keypoints (N, K, dim) mm on the canonical grid, maps (N, K, *shape / 2):
         softmax weights or segmentation probabilities)."""
-        pool = F.avg_pool2d if self.dim == 2 else F.avg_pool3d
-        logits = self.nets[side](pool(image, 2))
+        logits = self.nets[side](average_pool(image, 2))
         flat = logits.flatten(2)  # (N, K, P)
         if self.maps == "segmentation":
-            weights = torch.sigmoid(flat)
+            weights = torch.sigmoid(flat)  # an all-but-empty map's centroid is still its weighted mean, not NaN
             points = weights @ self.points / weights.sum(-1, keepdim=True).clamp_min(1e-6)
         else:
             weights = torch.softmax(flat, dim=-1)

@@ -45,6 +45,13 @@ def label_instance_stage(steps: int) -> dict:
     return {**get_preset("labels")[0], "init": None, "levels": [[2, None, int(steps)]]}
 
 
+def refines_on_segmentations(net, card: dict) -> bool:
+    """Whether instance optimisation is the label-driven affine on the network's own segmentations: a linear
+    keypoint network (model.kind none) whose maps were trained as segmentations (loss.segmentation > 0)."""
+    trained = (card.get("config", {}).get("loss", {}).get("segmentation") or 0) > 0
+    return net.kind == "none" and bool(net.keypoints) and net.keypoint_maps == "segmentation" and trained
+
+
 def predict(model: str | Path, fixed, moving, instance_steps: int = 0, device: str = "cpu", seed: int = 0):
     """Register ``moving`` to ``fixed`` (paths or Images) with ``model`` (a file or a shipped model's name); with
     ``instance_steps`` > 0 the network's transform is refined by that many classical iterations."""
@@ -63,20 +70,26 @@ def predict(model: str | Path, fixed, moving, instance_steps: int = 0, device: s
     t_io = time.perf_counter() - t0
     transform = net.predict(fixed, moving)
     t_net = time.perf_counter() - t0 - t_io
-    if instance_steps and net.keypoint_maps == "segmentation":
+    stage, labels, notes = None, {}, []
+    if instance_steps and refines_on_segmentations(net, card):
         fixed_seg, moving_seg = (s.with_data((s.data > 0.5).to(torch.uint8)) for s in net.segmentations(fixed, moving))
-        result = register(fixed, moving, [label_instance_stage(instance_steps)], initial_transform=transform,
-                          fixed_labels=fixed_seg, moving_labels=moving_seg, modality="mono", device=device, seed=seed)
-        result.fixed_path, result.moving_path = fixed_path, moving_path
+        empty = [side for side, seg in (("fixed", fixed_seg), ("moving", moving_seg)) if not seg.data.any()]
+        if empty:  # nothing for the label-driven stage to align: keep the network's transform, and say so
+            notes.append(f"instance optimisation skipped: the network's segmentation of the {empty[0]} image is empty")
+        else:
+            stage, labels = label_instance_stage(instance_steps), {"fixed_labels": fixed_seg, "moving_labels": moving_seg}
     elif instance_steps:
-        result = register(fixed, moving, [instance_stage(card, instance_steps)], initial_transform=transform,
-                          modality="mono", device=device, seed=seed)
+        stage = instance_stage(card, instance_steps)
+    if stage is not None:
+        result = register(fixed, moving, [stage], initial_transform=transform, modality="mono", device=device,
+                          seed=seed, **labels)
         result.fixed_path, result.moving_path = fixed_path, moving_path
     else:
         with torch.no_grad():
             result = build_result(transform, None, fixed, moving, [], "learned", "learned", fixed_path=fixed_path,
                                   moving_path=moving_path, t_io=t_io, t_start=t0)
-    result.preset = "learned" + (f" + {instance_steps} instance steps" if instance_steps else "")
+    result.preset = "learned" + (f" + {instance_steps} instance steps" if stage is not None else "")
+    result.notes += notes
     result.timings = {**result.timings, "network_s": t_net}
     result.notes.append(f"model {model}")
     return result

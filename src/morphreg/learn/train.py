@@ -36,7 +36,7 @@ from morphreg.learn.augment import change_intensity, random_map, synthesised_pai
 from morphreg.learn.config import RunConfig, load_config
 from morphreg.learn.data import PairFiles, collate, load_pairs, pair_rows
 from morphreg.learn.model import ModelSpace, RegistrationNet, save_model
-from morphreg.learn.networks import grid_gradients
+from morphreg.learn.networks import average_pool, grid_gradients
 from morphreg.optim.terms import PenaltyTerm, StageLoss, loss_terms, total
 
 STATE_FILE = "checkpoint.pt"
@@ -83,7 +83,12 @@ def stage_loss(config: RunConfig) -> tuple[StageLoss, list[PenaltyTerm]]:
 
 def with_segmentation_targets(pair: dict, channel: int) -> dict:
     """``pair`` with ``fixed_segmentation`` / ``moving_segmentation`` (1, *shape): its label channel
-    ``channel`` of each image, the targets of loss.segmentation (taken before one channel is sampled)."""
+    ``channel`` of each image, the targets of loss.segmentation (taken before one channel is sampled).
+    ``channel`` counts the channels as the pairs hold them: after data.label_channels, and for integer label
+    maps one channel per label value present in both images (so give one-hot stacks, or select the label)."""
+    if pair["fixed_labels"].shape[0] <= channel:
+        raise MorphregError(f"loss.segmentation_channel {channel}: a pair has only {pair['fixed_labels'].shape[0]} "
+                            "label channels")
     return {**pair, "fixed_segmentation": pair["fixed_labels"][channel:channel + 1],
             "moving_segmentation": pair["moving_labels"][channel:channel + 1]}
 
@@ -91,8 +96,7 @@ def with_segmentation_targets(pair: dict, channel: int) -> dict:
 def segmentation_loss(maps: tuple[torch.Tensor, torch.Tensor], batch: dict) -> torch.Tensor:
     """Mean over both images of 1 - soft Dice between the first keypoint map (N, 1, *shape / 2) of each image
     and its segmentation target (N, 1, *shape), averaged over 2 voxels per axis as the maps are."""
-    pool = torch.nn.functional.avg_pool2d if maps[0].dim() == 4 else torch.nn.functional.avg_pool3d
-    return sum(1 - soft_dice(m[:, :1], pool(batch[f"{side}_segmentation"], 2)).mean()
+    return sum(1 - soft_dice(m[:, :1], average_pool(batch[f"{side}_segmentation"], 2)).mean()
                for m, side in zip(maps, ("fixed", "moving"))) / 2
 
 
@@ -248,13 +252,15 @@ class Trainer:
                 not all("fixed_labels" in p for p in rows):
             raise MorphregError("loss.labels / centroids / boxes / segmentation > 0 but some training pairs have no "
                                 "fixed_labels / moving_labels", data.pairs or data.images)
-        channel = config.loss.segmentation_channel
-        if config.loss.segmentation and any("fixed_labels" not in p or (not isinstance(p["fixed_labels"], str) and
-                                                                        p["fixed_labels"].shape[0] <= channel)
-                                            for p in list(rows) + list(self.val_pairs)):
-            raise MorphregError(f"loss.segmentation_channel {channel}: some pairs (or validation pairs) have no such "
-                                "label channel",
-                                data.pairs or data.images)
+        if config.loss.segmentation:
+            held = list(rows) + list(self.val_pairs)
+            if not all("fixed_labels" in p for p in held):
+                raise MorphregError("loss.segmentation > 0: every pair, the validation pairs too, needs fixed_labels / "
+                                    "moving_labels", data.pairs or data.images)
+            channel = config.loss.segmentation_channel
+            if any(not isinstance(p["fixed_labels"], str) and p["fixed_labels"].shape[0] <= channel for p in held):
+                raise MorphregError(f"loss.segmentation_channel {channel}: some pairs have no such label channel",
+                                    data.pairs or data.images)
         counts = {p["fixed_labels"].shape[0] for p in rows if "fixed_labels" in p and not isinstance(p["fixed_labels"], str)}
         if len(counts) > 1 and data.label_sampling == "all" and config.train.batch_size * self.world > 1:
             raise MorphregError(f"the pairs have {sorted(counts)} label channels: batches need one count (set "
