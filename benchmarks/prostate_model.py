@@ -65,9 +65,14 @@ def cross_validation(runs: Path | None) -> dict | str:
         sys.exit(f"{runs}: no fold scored yet (prostate_cv.py writes fold<k>/scores.json)")
     records = [r for path in scored for r in json.loads(path.read_text())]
     config = yaml.safe_load((scored[0].parent / "model" / "config.yaml").read_text())
+    from common import median
+
     tools = list(dict.fromkeys(r["tool"] for r in records))
+    first = [r for r in records if r["tool"] == tools[0]]
     return {"folds": f"{len(scored)} of 5 patient-grouped folds (benchmarks/prostate_cv.py), each trained on the "
                      "other folds' pairs and scored on its own", "steps_per_fold": config["train"]["steps"],
+            "initial": {"median_tre_mm": median(r["tre_initial_mm"] for r in first),
+                        "median_gland_dice": median(r["gland_dice_initial"] for r in first)},
             **{t: medians(records, t) for t in tools}}
 
 
@@ -112,7 +117,10 @@ def model_card(run: Path, records: list[dict], pairs: list[int], cv_runs: Path |
                      "recipe": "configs/prostate_mr_trus.yaml (morphreg train; continue with --resume)"},
         "limits": ["trained and scored on the blurred demo images only; not validated on clinical images",
                    f"{len(pairs)} validation pairs" + ("" if cv_runs else "; no cross-validation yet"),
-                   "the model grid covers 72 x 96 x 72 mm around the TRUS centre: MR anatomy outside it is not seen"],
+                   "the model grid covers 72 x 96 x 72 mm around the TRUS centre: MR anatomy outside it is not seen",
+                   "the network translates only (the shift between its two gland segmentations): rotation and shape "
+                   "differences remain; --instance-optimization N adds the label-driven affine on those segmentations",
+                   "its gland segmentations are coarse (computed at 3 mm); where one is poor, the shift is too"],
     }
 
 
