@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from prostate import ROOT, pair_files, pair_numbers, score, summary_table  # noqa: E402
+from prostate import ROOT, pair_files, pair_numbers, summary_table  # noqa: E402
+from prostate_model import run_learned  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "prostate_mr_trus.yaml"
 FOLDS = 5
@@ -61,23 +62,8 @@ def train(run: Path, minutes: float, sets: list[str]) -> bool:
 
 def score_fold(run: Path, cases: list[int], instance: list[int]) -> list[dict]:
     """The fold's held-out pairs scored with the fold's model, for each number of instance optimisation steps
-    (0 = the network alone); times in process (network + warp [+ instance optimisation])."""
-    import time
-
-    import torch
-
-    from morphreg.image.io import read_image
-    from morphreg.learn.predict import predict
-
-    records = []
-    for i in cases:
-        f = pair_files(i)
-        fixed, moving = read_image(f["fixed"], dtype=torch.float32), read_image(f["moving"], dtype=torch.float32)
-        for steps in instance:
-            start = time.perf_counter()
-            result = predict(run / "model" / "model.pt", fixed, moving, instance_steps=steps)
-            tool = "learned" + (f"+io{steps}" if steps else "")
-            records.append(score(tool, i, result.transform, time.perf_counter() - start))
+    (0 = the network alone), as prostate_model.py scores the shipped model."""
+    records = [run_learned(str(run / "model" / "model.pt"), i, steps) for i in cases for steps in instance]
     (run / "scores.json").write_text(json.dumps(records, indent=2), encoding="utf-8")
     return records
 

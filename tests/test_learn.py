@@ -645,7 +645,8 @@ def test_segmentation_keypoint_maps_learn_each_images_label_and_align_their_cent
     net, _ = load_model(run_2d / "segment" / "model.pt")
     assert torch.load(run_2d / "segment" / "model.pt", weights_only=True)["version"] == 3  # keypoint_maps is new
     fixed, moving = read_image(run_2d / "fixed3.nii.gz"), read_image(run_2d / "moving3.nii.gz")
-    fixed_seg, moving_seg = net.segmentations(fixed, moving)
+    network_transform, (fixed_seg, moving_seg) = net.predict_with_segmentations(fixed, moving)
+    assert torch.allclose(network_transform.offset(), net.predict(fixed, moving).offset())  # the same pass
     label = sample_onto(read_image(run_2d / "fixed_labels3.nii.gz"), fixed_seg.grid, interpolation="nearest")
     seg_dice = float(soft_dice((fixed_seg.data[None] > 0.5).float(), (label.data[None] == 1).float()))
     assert seg_dice > 0.6, seg_dice  # 0.81

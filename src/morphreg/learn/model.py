@@ -278,7 +278,10 @@ class RegistrationNet(nn.Module):
     @torch.no_grad()
     def predict(self, fixed: Image, moving: Image) -> Transform:
         """The fixed -> moving transform of a pair of images (any grids), in world mm."""
-        grid, f, m = self.model_inputs(fixed, moving)
+        return self._predicted(*self.model_inputs(fixed, moving))
+
+    def _predicted(self, grid: Grid, f: torch.Tensor, m: torch.Tensor) -> Transform:
+        """The world-mm transform of the pair prepared on its model grid ``grid`` (:meth:`model_inputs`)."""
         out, matrix, shift = self.head_output(f, m)
         field = out if self.kind == "bspline" else self.dense(out)
         if self.kind == "none":
@@ -295,16 +298,19 @@ class RegistrationNet(nn.Module):
         return (stages[0] if len(stages) == 1 else CompositeTransform(stages)).freeze()
 
     @torch.no_grad()
-    def segmentations(self, fixed: Image, moving: Image) -> tuple[Image, Image]:
-        """The first keypoint map of each image (model.keypoint_maps segmentation, trained by loss.segmentation)
-        as a probability Image (1, *shape) on the pair's model grid in world mm (upsampled from the maps' half
-        resolution): the network's segmentation of, e.g., the gland in both images."""
+    def predict_with_segmentations(self, fixed: Image, moving: Image) -> tuple[Transform, tuple[Image, Image]]:
+        """:meth:`predict`, and the first keypoint map of each image (model.keypoint_maps segmentation, trained by
+        loss.segmentation) as a probability Image (1, *shape) on the pair's model grid in world mm (upsampled
+        from the maps' half resolution): the network's segmentation of, e.g., the gland in both images. One
+        pass of the network gives both."""
         if not self.keypoints or self.keypoint_maps != "segmentation":
             raise MorphregError("this model has no segmentation maps (model.keypoint_maps segmentation)")
         grid, f, m = self.model_inputs(fixed, moving)
+        transform = self._predicted(grid, f, m)
         mode = "bilinear" if self.space.dim == 2 else "trilinear"
-        return tuple(Image(F.interpolate(self.affine_head.keypoints(x, side)[1][:, :1], size=tuple(x.shape[2:]),
-                                         mode=mode)[0].cpu(), grid) for side, x in enumerate((f, m)))
+        maps = tuple(Image(F.interpolate(p[:, :1], size=tuple(f.shape[2:]), mode=mode)[0].cpu(), grid)
+                     for p in self.affine_head.last_maps)  # the maps of the forward pass just made
+        return transform, maps
 
     @staticmethod
     def _world_linear(grid: Grid, matrix: torch.Tensor, shift: torch.Tensor) -> AffineTransform:

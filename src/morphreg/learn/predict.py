@@ -68,11 +68,15 @@ def predict(model: str | Path, fixed, moving, instance_steps: int = 0, device: s
     fixed = intensity_image(load_image(fixed, "fixed image", labels=False), "fixed")
     moving = intensity_image(load_image(moving, "moving image", labels=False), "moving")
     t_io = time.perf_counter() - t0
-    transform = net.predict(fixed, moving)
+    on_segmentations = instance_steps and refines_on_segmentations(net, card)
+    if on_segmentations:
+        transform, segmentations = net.predict_with_segmentations(fixed, moving)
+    else:
+        transform = net.predict(fixed, moving)
     t_net = time.perf_counter() - t0 - t_io
     stage, labels, notes = None, {}, []
-    if instance_steps and refines_on_segmentations(net, card):
-        fixed_seg, moving_seg = (s.with_data((s.data > 0.5).to(torch.uint8)) for s in net.segmentations(fixed, moving))
+    if on_segmentations:
+        fixed_seg, moving_seg = (s.with_data((s.data > 0.5).to(torch.uint8)) for s in segmentations)
         empty = [side for side, seg in (("fixed", fixed_seg), ("moving", moving_seg)) if not seg.data.any()]
         if empty:  # nothing for the label-driven stage to align: keep the network's transform, and say so
             notes.append(f"instance optimisation skipped: the network's segmentation of the {empty[0]} image is empty")
