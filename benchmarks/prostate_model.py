@@ -9,6 +9,7 @@ instance optimisation), without process start or file reading; scored by the sam
     python benchmarks/prostate_model.py --model RUN/model.pt [--pairs 68-77] [--instance 0,50]
         [--peers morphreg,morphreg-labels,ants,elastix | --peer-records PROSTATE.json ...] [--json OUT.json]
         [--name deepreg-recipe] [--ship RUN [--cv CV_RUNS]]
+    python benchmarks/prostate_model.py --recard --instance 0,20 --cv CV_RUNS --peer-records ...   # new figures, same model
 """
 from __future__ import annotations
 
@@ -76,26 +77,31 @@ def cross_validation(runs: Path | None) -> dict | str:
             **{t: medians(records, t) for t in tools}}
 
 
+def validation(records: list[dict], pairs: list[int]) -> dict:
+    """The card's validation block: the initial alignment and each tool's medians on ``pairs``."""
+    from common import median
+
+    tools = sorted({r["tool"] for r in records}, key=lambda t: (not t.startswith("learned"), t))
+    first = [r for r in records if r["tool"] == tools[0]]  # the initial alignment is the same for every tool
+    initial = {"median_tre_mm": median(r["tre_initial_mm"] for r in first),
+               "median_gland_dice": median(r["gland_dice_initial"] for r in first)}
+    return {"pairs": f"obs{pairs[0]:03d}-obs{pairs[-1]:03d} (never trained on)", "initial": initial,
+            **{t: medians(records, t) for t in tools}}
+
+
 def model_card(run: Path, records: list[dict], pairs: list[int], cv_runs: Path | None = None) -> dict:
     """The card: data, preprocessing, losses, training, validation figures (from ``records``), cross-validation
     figures (from ``cv_runs``), limits."""
     import torch
     import yaml
 
-    from common import median
-
     config = yaml.safe_load((run / "config.yaml").read_text())
     rows = list(csv.DictReader(open(run / "metrics.csv")))
-    tools = sorted({r["tool"] for r in records}, key=lambda t: (not t.startswith("learned"), t))
-    first = [r for r in records if r["tool"] == tools[0]]  # the initial alignment is the same for every tool
-    initial = {"median_tre_mm": median(r["tre_initial_mm"] for r in first),
-               "median_gland_dice": median(r["gland_dice_initial"] for r in first)}
     return {
         "name": NAME,
         "summary": {
             "task": "MR (moving) -> TRUS (fixed) prostate registration from the images alone",
-            "validation": {"pairs": f"obs{pairs[0]:03d}-obs{pairs[-1]:03d} (never trained on)", "initial": initial,
-                           **{t: medians(records, t) for t in tools}},
+            "validation": validation(records, pairs),
             "cross_validation": cross_validation(cv_runs),
         },
         "data": "DeepReg's public, heavily blurred demo version of the SmartTarget MR-TRUS data "
@@ -124,13 +130,30 @@ def model_card(run: Path, records: list[dict], pairs: list[int], cv_runs: Path |
     }
 
 
-def ship(run: Path, card: dict) -> Path:
+def ship(model: Path, card: dict) -> Path:
+    """Write the network of ``model`` (a model file) as the shipped model, with ``card`` inside it and beside it."""
     from morphreg.learn.model import load_model, save_model
 
-    net, _ = load_model(run / "model.pt")
+    net, _ = load_model(model)
     path = save_model(net, SHIPPED / f"{NAME}.pt", card=card)
     (SHIPPED / f"{NAME}.json").write_text(json.dumps(card, indent=2, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def updated_card(records: list[dict], pairs: list[int], cv_runs: Path | None) -> dict:
+    """The shipped model's card with its validation (``records``) and cross-validation (``cv_runs``) figures
+    measured again; the rest (data, network, loss, training, tools not in ``records``) is the card it was
+    shipped with."""
+    from morphreg.learn.model import load_model
+
+    _, card = load_model(SHIPPED / f"{NAME}.pt")
+    now, before = validation(records, pairs), card["summary"]["validation"]
+    # rows of tools not scored again (a peer trained in an earlier session) stay when the pairs are the same
+    summary = {**card["summary"], "validation": {**before, **now} if before.get("pairs") == now["pairs"] else now}
+    if cv_runs is not None:
+        summary["cross_validation"] = cross_validation(cv_runs)
+    limits = [x.replace("; no cross-validation yet", "") if cv_runs is not None else x for x in card["limits"]]
+    return {**card, "summary": summary, "limits": limits}
 
 
 def main() -> None:
@@ -147,12 +170,17 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--ship", type=Path, default=None, help="a run folder: ship its model.pt with the card from these figures")
     ap.add_argument("--cv", type=Path, default=None, help="the RUNS folder of prostate_cv.py: its figures join the card")
+    ap.add_argument("--recard", action="store_true",
+                    help="score the shipped model and rewrite its card's validation (and, with --cv, cross-validation) "
+                         "figures; the network and the rest of the card stay")
     args = ap.parse_args()
     from peers import set_threads
 
     set_threads(args.threads)
     if not ROOT.exists():
         sys.exit(f"prostate data not found at {ROOT}")
+    if args.recard and (args.ship or args.model != NAME):
+        sys.exit("--recard rewrites the shipped model's card: give neither --ship nor another --model")
     model = str(args.ship / "model.pt") if args.ship else args.model
     pairs = pair_numbers(args.pairs)
     steps = [int(s) for s in args.instance.split(",")]
@@ -176,7 +204,9 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(records, indent=2, default=str), encoding="utf-8")
     if args.ship:
-        print("shipped", ship(args.ship, model_card(args.ship, records, pairs, args.cv)))
+        print("shipped", ship(args.ship / "model.pt", model_card(args.ship, records, pairs, args.cv)))
+    elif args.recard:
+        print("card rewritten", ship(SHIPPED / f"{NAME}.pt", updated_card(records, pairs, args.cv)))
 
 
 if __name__ == "__main__":

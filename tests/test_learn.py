@@ -3,6 +3,7 @@ exact resume, model files without pickled code, predict on any grid, the CLI."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -63,7 +64,7 @@ def run_2d(tmp_path, one_thread):
 
 def _training_loss(trainer: Trainer) -> float:
     with torch.no_grad():
-        terms, _, _ = batch_loss(trainer.net, collate(trainer.pairs), trainer.loss, trainer.penalties)
+        terms, _, _ = batch_loss(trainer.net, collate(trainer.pairs), trainer.objective)
     return float(sum(terms.values()))
 
 
@@ -202,8 +203,8 @@ def test_the_symmetric_loss_averages_both_directions(run_2d):
     torch.nn.init.normal_(trainer.net.head.conv.weight, std=0.2)
     batch = collate(trainer.pairs[:2])
     with torch.no_grad():
-        one, _, _ = batch_loss(trainer.net, batch, trainer.loss, trainer.penalties)
-        both, _, _ = batch_loss(trainer.net, batch, trainer.loss, trainer.penalties, symmetric=True)
+        one, _, _ = batch_loss(trainer.net, batch, dataclasses.replace(trainer.objective, symmetric=False))
+        both, _, _ = batch_loss(trainer.net, batch, trainer.objective)
         field, _, _ = trainer.net(batch["fixed"], batch["moving"])
         back = sample(batch["fixed"], trainer.net.grid, trainer.net.inverse_mapped(field))
         reverse = float(((back - batch["moving"]) ** 2).mean())
@@ -282,7 +283,7 @@ def _held_out_endpoint_errors(trainer: Trainer, config, check=None) -> tuple[flo
             batch = changed_batch({k: v.unsqueeze(0) for k, v in pair.items()}, config, trainer.net.grid,
                                   torch.Generator().manual_seed(500 + seed))
             with torch.no_grad():
-                terms, _, _ = batch_loss(trainer.net, batch, trainer.loss, trainer.penalties)
+                terms, _, _ = batch_loss(trainer.net, batch, trainer.objective)
                 if check:
                     check(batch)
             network.append(float(terms["endpoint"]))
@@ -553,9 +554,9 @@ def test_a_rigidity_penalty_acts_inside_each_pairs_mask(run_2d, capfd):
     torch.nn.init.normal_(trainer.net.head.conv.weight, std=0.2)  # a deformation to penalise
     batch = collate(trainer.pairs[:2])
     with torch.no_grad():
-        inside, _, _ = batch_loss(trainer.net, batch, trainer.loss, trainer.penalties)
+        inside, _, _ = batch_loss(trainer.net, batch, trainer.objective)
         nowhere, _, _ = batch_loss(trainer.net, {**batch, "rigidity_mask": torch.zeros_like(batch["rigidity_mask"])},
-                                   trainer.loss, trainer.penalties)
+                                   trainer.objective)
     assert float(inside["rigidity"]) > 0 and float(nowhere["rigidity"]) == 0.0
     assert trainer.fit().steps == 6
     # Pairs without the mask column: one line before any work.

@@ -72,13 +72,30 @@ def network_of(config: RunConfig) -> RegistrationNet:
                            keypoints=m.keypoints, keypoint_maps=m.keypoint_maps)
 
 
-def stage_loss(config: RunConfig) -> tuple[StageLoss, list[PenaltyTerm]]:
+@dataclass(frozen=True)
+class TrainingLoss:
+    """What :func:`batch_loss` computes: the engine's stage loss and penalties (``stage``, ``penalties``) plus the
+    terms only training has: ``affine`` (weight of mean |A - I| of an affine part), ``gradients`` (of mean
+    |g - 1| of the grid steps: the lung-MRI network's alpha and beta), ``symmetric`` (average the data terms with
+    the reverse direction) and ``segmentation`` (weight of :func:`segmentation_loss` of the keypoint maps)."""
+
+    stage: StageLoss
+    penalties: list[PenaltyTerm]
+    affine: float = 0.0
+    gradients: float = 0.0
+    symmetric: bool = False
+    segmentation: float = 0.0
+
+
+def training_loss(config: RunConfig) -> TrainingLoss:
+    """The :class:`TrainingLoss` of ``config.loss``."""
     loss = config.loss
     stage = StageLoss(loss.similarity, dict(loss.similarity_params), loss.similarity_weight,
                       penalties=list(loss.penalties), label_weight=loss.labels, endpoint_weight=loss.endpoint,
                       centroid_weight=loss.centroids, box_weight=loss.boxes, label_scales_mm=tuple(loss.label_scales_mm))
-    return stage, [PenaltyTerm(p["name"], float(p.get("weight", 1.0)), dict(p.get("params") or {}), mask_name=p.get("mask"))
-                   for p in loss.penalties]
+    penalties = [PenaltyTerm(p["name"], float(p.get("weight", 1.0)), dict(p.get("params") or {}), mask_name=p.get("mask"))
+                 for p in loss.penalties]
+    return TrainingLoss(stage, penalties, loss.affine, loss.gradients, loss.symmetric, loss.segmentation)
 
 
 def with_segmentation_targets(pair: dict, channel: int) -> dict:
@@ -136,41 +153,37 @@ def changed_batch(batch: dict, config: RunConfig, grid, gen: torch.Generator) ->
     return batch
 
 
-def batch_loss(net: RegistrationNet, batch: dict, loss: StageLoss, penalties: list[PenaltyTerm], forward=None,
-               affine_weight: float = 0.0, gradient_weight: float = 0.0, symmetric: bool = False,
-               segmentation_weight: float = 0.0):
+def batch_loss(net: RegistrationNet, batch: dict, objective: TrainingLoss, forward=None):
     """(named weighted terms, mapped points (N, *shape, dim), warped labels) of one batch on the canonical
-    grid; ``forward``: what runs the network (its DistributedDataParallel wrapper), default ``net``;
-    ``affine_weight``: of mean |A - I| of an affine part, ``gradient_weight``: of mean |g - 1| of the grid
-    steps (the lung-MRI network's alpha and beta); ``symmetric``: average the data terms with the reverse
-    direction (loss.symmetric); ``segmentation_weight``: of :func:`segmentation_loss` of the keypoint maps."""
+    grid; ``forward``: what runs the network (its DistributedDataParallel wrapper), default ``net``."""
     grid = net.grid
     # A penalty with "mask: rigidity" acts inside each pair's rigidity mask (fixed grid).
-    penalties = [dataclasses.replace(p, mask=batch[f"{p.mask_name}_mask"]) if p.mask_name else p for p in penalties]
+    penalties = [dataclasses.replace(p, mask=batch[f"{p.mask_name}_mask"]) if p.mask_name else p
+                 for p in objective.penalties]
     field, matrix, shift = (forward or net)(batch["fixed"], batch["moving"])
     mapped = net.mapped(field, matrix, shift)
     warped = sample(batch["moving"], grid, mapped)
     warped_labels = sample(batch["moving_labels"], grid, mapped) if "moving_labels" in batch else None
     stages = net.stage_fields(field)
-    terms = loss_terms(loss, fixed=batch["fixed"], warped=warped, mask=batch.get("fixed_mask"), grid=grid,
+    terms = loss_terms(objective.stage, fixed=batch["fixed"], warped=warped, mask=batch.get("fixed_mask"), grid=grid,
                        fixed_labels=batch.get("fixed_labels"), warped_labels=warped_labels, field=stages[0],
                        field_grid=grid, penalties=penalties, mapped_grid=mapped, target_grid=batch.get("target"))
     for later in stages[1:]:  # a cascade: each stage's field is penalised
-        for name, value in loss_terms(loss, field=later, field_grid=grid, penalties=penalties).items():
+        for name, value in loss_terms(objective.stage, field=later, field_grid=grid, penalties=penalties).items():
             terms[name] = terms[name] + value
-    if symmetric:  # the fixed image (and labels) through T^-1 onto the moving ones: data terms averaged
+    if objective.symmetric:  # the fixed image (and labels) through T^-1 onto the moving ones: data terms averaged
         inverse = net.inverse_mapped(field)
-        back = loss_terms(loss, fixed=batch["moving"], warped=sample(batch["fixed"], grid, inverse),
+        back = loss_terms(objective.stage, fixed=batch["moving"], warped=sample(batch["fixed"], grid, inverse),
                           mask=batch.get("moving_mask"), grid=grid, fixed_labels=batch.get("moving_labels"),
                           warped_labels=sample(batch["fixed_labels"], grid, inverse) if "fixed_labels" in batch else None)
         for name, value in back.items():
             terms[name] = (terms[name] + value) / 2
-    if affine_weight and matrix is not None:
-        terms["affine"] = affine_weight * (matrix - torch.eye(grid.dim, device=matrix.device)).abs().mean()
-    if segmentation_weight:
-        terms["segmentation"] = segmentation_weight * segmentation_loss(net.affine_head.last_maps, batch)
-    if gradient_weight:
-        terms["gradients"] = gradient_weight * (grid_gradients(field, grid.spacing) - 1).abs().mean()
+    if objective.affine and matrix is not None:
+        terms["affine"] = objective.affine * (matrix - torch.eye(grid.dim, device=matrix.device)).abs().mean()
+    if objective.segmentation:
+        terms["segmentation"] = objective.segmentation * segmentation_loss(net.affine_head.last_maps, batch)
+    if objective.gradients:
+        terms["gradients"] = objective.gradients * (grid_gradients(field, grid.spacing) - 1).abs().mean()
     return terms, mapped, warped_labels
 
 
@@ -213,14 +226,14 @@ class Trainer:
             self.forward = DistributedDataParallel(self.net, device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=t.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.loss, self.penalties = stage_loss(config)
+        self.objective = training_loss(config)
         self.term_names = [n for n, w in (("similarity", config.loss.similarity and config.loss.similarity_weight),
                                           ("labels", config.loss.labels), ("centroids", config.loss.centroids),
                                           ("boxes", config.loss.boxes), ("segmentation", config.loss.segmentation),
                                           ("endpoint", config.loss.endpoint),
                                           ("affine", config.model.affine and config.loss.affine),
                                           ("gradients", config.loss.gradients)) if w]
-        self.term_names += list(dict.fromkeys(p.name for p in self.penalties))
+        self.term_names += list(dict.fromkeys(p.name for p in self.objective.penalties))
         self.step, self.best, self.bad_validations = 0, math.inf, 0
         space, data = self.net.space, config.data
         # The data first: a bad pairs table or image fails before the run folder exists.
@@ -238,7 +251,7 @@ class Trainer:
         """What the loss and the batches need of the pairs, said in one line before any work."""
         config, data = self.config, self.config.data
         rows = self.pairs.rows if isinstance(self.pairs, PairFiles) else self.pairs
-        for name in {p.mask_name for p in self.penalties if p.mask_name}:
+        for name in {p.mask_name for p in self.objective.penalties if p.mask_name}:
             if not all(f"{name}_mask" in p for p in list(rows) + list(self.val_pairs)):
                 raise MorphregError(f"a penalty acts inside the {name} mask: every pair needs a {name}_mask column",
                                     data.pairs or data.images)
@@ -379,8 +392,7 @@ class Trainer:
             batch = changed_batch(collate(pairs), self.config, self.net.grid, gen)
             mine = slice(self.rank * t.batch_size, (self.rank + 1) * t.batch_size)
             batch = {k: v[mine].to(self.device) for k, v in batch.items()}
-            terms, _, _ = batch_loss(self.net, batch, self.loss, self.penalties, self.forward, self.config.loss.affine,
-                                     self.config.loss.gradients, self.config.loss.symmetric, self.config.loss.segmentation)
+            terms, _, _ = batch_loss(self.net, batch, self.objective, self.forward)
             loss = total(terms)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -442,11 +454,7 @@ class Trainer:
             if self.config.loss.endpoint:
                 batch = changed_batch(batch, self.config, self.net.grid, torch.Generator().manual_seed(10_000_019 + i))
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            terms, mapped, warped_labels = batch_loss(self.net, batch, self.loss, self.penalties,
-                                                      affine_weight=self.config.loss.affine,
-                                                      gradient_weight=self.config.loss.gradients,
-                                                      symmetric=self.config.loss.symmetric,
-                                                      segmentation_weight=self.config.loss.segmentation)
+            terms, mapped, warped_labels = batch_loss(self.net, batch, self.objective)
             losses.append(float(total(terms)))
             if warped_labels is not None:
                 points = self.net.grid.points(device=self.device).unsqueeze(0)
