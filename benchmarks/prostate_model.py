@@ -8,8 +8,11 @@ instance optimisation), without process start or file reading; scored by the sam
 
     python benchmarks/prostate_model.py --model RUN/model.pt [--pairs 68-77] [--instance 0,50]
         [--peers morphreg,morphreg-labels,ants,elastix | --peer-records PROSTATE.json ...] [--json OUT.json]
-        [--name deepreg-recipe] [--ship RUN [--cv CV_RUNS]]
-    python benchmarks/prostate_model.py --recard --instance 0,20 --cv CV_RUNS --peer-records ...   # new figures, same model
+        [--name deepreg-recipe] [--segmentations] [--ship RUN [--cv CV_RUNS]]
+    python benchmarks/prostate_model.py --recard --instance 0,20 --segmentations --cv CV_RUNS   # new figures, same model
+
+``--segmentations`` also scores the network's own gland segmentations of both images against the expert glands
+(Dice, centroid error and its mean vector): the network's shift is the difference of those two centroids.
 """
 from __future__ import annotations
 
@@ -42,6 +45,64 @@ def run_learned(model: str, i: int, instance_steps: int, name: str = "learned") 
     seconds = time.perf_counter() - start
     tool = name + (f"+io{instance_steps}" if instance_steps else "")
     return score(tool, i, result.transform, seconds)
+
+
+def segmentation_errors(net, i: int) -> dict:
+    """Pair ``i``: the network's gland segmentation of each image (its first map > 0.5, on the model grid) against
+    the expert gland: Dice on the model grid and the centroid error (network - expert, world LPS mm). Why: the
+    network's shift is the difference of its two gland centroids, so these errors are what limits it."""
+    import torch
+
+    from morphreg.evaluate.landmarks import label_centroids
+    from morphreg.evaluate.overlap import dice
+    from morphreg.image.io import read_image
+    from morphreg.image.resample import resample
+
+    f = pair_files(i)
+    fixed, moving = read_image(f["fixed"], dtype=torch.float32), read_image(f["moving"], dtype=torch.float32)
+    _, maps = net.predict_with_segmentations(fixed, moving)
+    record = {"pair": f"obs{i:03d}"}
+    for side, probability, label_file in (("trus", maps[0], f["fixed_label"]), ("mr", maps[1], f["moving_label"])):
+        labels = read_image(label_file)
+        expert = labels.with_data((labels.data[:1] > 0.5).to(torch.uint8))
+        network = probability.with_data((probability.data > 0.5).to(torch.uint8))
+        on_model_grid = resample(expert.with_data(expert.data.float()), network.grid).data[0] > 0.5
+        record[f"{side}_dice"] = dice(network.data[0].numpy() > 0, on_model_grid.numpy())
+        error = label_centroids(network).points[0] - label_centroids(expert).points[0]
+        record[f"{side}_centroid_error_mm"] = error.tolist()
+    return record
+
+
+def segmentation_summary(records: list[dict]) -> dict:
+    """Per image (trus, mr): median Dice, median and mean centroid error (mm) and its mean vector (a bias)."""
+    import numpy as np
+
+    from common import median
+
+    out = {"pairs": len(records)}
+    for side in ("trus", "mr"):
+        errors = np.array([r[f"{side}_centroid_error_mm"] for r in records])
+        norms = np.linalg.norm(errors, axis=1)
+        out[side] = {"median_dice": median(r[f"{side}_dice"] for r in records), "median_centroid_error_mm":
+                     median(norms), "mean_centroid_error_mm": float(np.nanmean(norms)),
+                     "mean_error_vector_mm": np.round(np.nanmean(errors, axis=0), 2).tolist()}
+    return out
+
+
+def measured_segmentations(model: str, pairs: list[int]) -> dict:
+    """:func:`segmentation_summary` of ``model`` (a file or a shipped model's name) on ``pairs``, printed per pair."""
+    import numpy as np
+
+    from morphreg.learn.model import load_model
+    from morphreg.learn.zoo import resolve_model
+
+    net, _ = load_model(resolve_model(model))
+    records = []
+    for i in pairs:
+        records.append(segmentation_errors(net, i))
+        print(records[-1]["pair"], *(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {np.round(v, 1)}"
+                                     for k, v in records[-1].items() if k != "pair"), flush=True)
+    return segmentation_summary(records)
 
 
 def medians(records: list[dict], tool: str) -> dict:
@@ -77,19 +138,22 @@ def cross_validation(runs: Path | None) -> dict | str:
             **{t: medians(records, t) for t in tools}}
 
 
-def validation(records: list[dict], pairs: list[int]) -> dict:
-    """The card's validation block: the initial alignment and each tool's medians on ``pairs``."""
+def validation(records: list[dict], pairs: list[int], segmentations: dict | None = None) -> dict:
+    """The card's validation block: the initial alignment and each tool's medians on ``pairs`` (and the quality
+    of the network's own gland segmentations, :func:`segmentation_summary`, when measured)."""
     from common import median
 
     tools = sorted({r["tool"] for r in records}, key=lambda t: (not t.startswith("learned"), t))
     first = [r for r in records if r["tool"] == tools[0]]  # the initial alignment is the same for every tool
     initial = {"median_tre_mm": median(r["tre_initial_mm"] for r in first),
                "median_gland_dice": median(r["gland_dice_initial"] for r in first)}
-    return {"pairs": f"obs{pairs[0]:03d}-obs{pairs[-1]:03d} (never trained on)", "initial": initial,
-            **{t: medians(records, t) for t in tools}}
+    block = {"pairs": f"obs{pairs[0]:03d}-obs{pairs[-1]:03d} (never trained on)", "initial": initial,
+             **{t: medians(records, t) for t in tools}}
+    return block | ({"network_segmentations": segmentations} if segmentations else {})
 
 
-def model_card(run: Path, records: list[dict], pairs: list[int], cv_runs: Path | None = None) -> dict:
+def model_card(run: Path, records: list[dict], pairs: list[int], cv_runs: Path | None = None,
+               segmentations: dict | None = None) -> dict:
     """The card: data, preprocessing, losses, training, validation figures (from ``records``), cross-validation
     figures (from ``cv_runs``), limits."""
     import torch
@@ -101,7 +165,7 @@ def model_card(run: Path, records: list[dict], pairs: list[int], cv_runs: Path |
         "name": NAME,
         "summary": {
             "task": "MR (moving) -> TRUS (fixed) prostate registration from the images alone",
-            "validation": validation(records, pairs),
+            "validation": validation(records, pairs, segmentations),
             "cross_validation": cross_validation(cv_runs),
         },
         "data": "DeepReg's public, heavily blurred demo version of the SmartTarget MR-TRUS data "
@@ -140,14 +204,14 @@ def ship(model: Path, card: dict) -> Path:
     return path
 
 
-def updated_card(records: list[dict], pairs: list[int], cv_runs: Path | None) -> dict:
+def updated_card(records: list[dict], pairs: list[int], cv_runs: Path | None, segmentations: dict | None = None) -> dict:
     """The shipped model's card with its validation (``records``) and cross-validation (``cv_runs``) figures
     measured again; the rest (data, network, loss, training, tools not in ``records``) is the card it was
     shipped with."""
     from morphreg.learn.model import load_model
 
     _, card = load_model(SHIPPED / f"{NAME}.pt")
-    now, before = validation(records, pairs), card["summary"]["validation"]
+    now, before = validation(records, pairs, segmentations), card["summary"]["validation"]
     # rows of tools not scored again (a peer trained in an earlier session) stay when the pairs are the same
     summary = {**card["summary"], "validation": {**before, **now} if before.get("pairs") == now["pairs"] else now}
     if cv_runs is not None:
@@ -173,6 +237,9 @@ def main() -> None:
     ap.add_argument("--recard", action="store_true",
                     help="score the shipped model and rewrite its card's validation (and, with --cv, cross-validation) "
                          "figures; the network and the rest of the card stay")
+    ap.add_argument("--segmentations", action="store_true",
+                    help="also measure the network's own gland segmentations against the expert ones (Dice, centroid "
+                         "error; a gland-segmenting model only); they join the card with --ship / --recard")
     args = ap.parse_args()
     from peers import set_threads
 
@@ -203,10 +270,14 @@ def main() -> None:
     print(summary_table(records, tools))
     if args.json:
         args.json.write_text(json.dumps(records, indent=2, default=str), encoding="utf-8")
+    segmentations = measured_segmentations(model, pairs) if args.segmentations else None
+    if segmentations:
+        print(json.dumps(segmentations, indent=1))
     if args.ship:
-        print("shipped", ship(args.ship / "model.pt", model_card(args.ship, records, pairs, args.cv)))
+        card = model_card(args.ship, records, pairs, args.cv, segmentations)
+        print("shipped", ship(args.ship / "model.pt", card))
     elif args.recard:
-        print("card rewritten", ship(SHIPPED / f"{NAME}.pt", updated_card(records, pairs, args.cv)))
+        print("card rewritten", ship(SHIPPED / f"{NAME}.pt", updated_card(records, pairs, args.cv, segmentations)))
 
 
 if __name__ == "__main__":
