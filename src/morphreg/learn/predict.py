@@ -48,7 +48,9 @@ def label_instance_stage(steps: int) -> dict:
 def refines_on_segmentations(net, card: dict) -> bool:
     """Whether instance optimisation is the label-driven affine on the network's own segmentations: a linear
     keypoint network (model.kind none) whose maps were trained as segmentations (loss.segmentation > 0)."""
-    trained = (card.get("config", {}).get("loss", {}).get("segmentation") or 0) > 0
+    # a training run's card holds its whole config; a shipped model's card (benchmarks/prostate_model.py) its loss
+    loss = card.get("config", {}).get("loss") or card.get("loss") or {}
+    trained = (loss.get("segmentation") or 0) > 0
     return net.kind == "none" and bool(net.keypoints) and net.keypoint_maps == "segmentation" and trained
 
 
