@@ -32,7 +32,7 @@ def test_the_prostate_model_is_shipped_small_with_its_card():
     assert card["training"]["steps"] > 0 and card["training"]["seconds"] > 0
     assert json.loads((path.parent / f"{NAME}.json").read_text()) == json.loads(json.dumps(card))  # the same card
     # Its instance optimisation is the label-driven affine on its own segmentations (read from the shipped card's
-    # loss; session 10 found that by name it fell back to the slower image-driven refinement: 19 s, 6.36 mm).
+    # loss; by name it used to fall back to the slower image-driven refinement: 19 s, 6.36 mm).
     from morphreg.learn.predict import refines_on_segmentations
 
     assert refines_on_segmentations(net, card)
