@@ -24,7 +24,7 @@ from morphreg.image.io import read_image, write_image
 from morphreg.learn.config import load_config
 from morphreg.learn.data import collate
 from morphreg.learn.model import ModelSpace, RegistrationNet, load_model, save_model
-from morphreg.learn.networks import grid_gradients, integrate_gradients
+from morphreg.learn.networks import average_pool, grid_gradients, integrate_gradients
 from morphreg.learn.augment import random_map, synthesised_pair
 from morphreg.core.sampling import sample
 from morphreg.learn.train import Trainer, batch_loss, changed_batch
@@ -341,8 +341,8 @@ def test_keypoint_heads_fit_the_map_between_their_keypoints(monkeypatch):
     for maps in ("softmax", "segmentation"):
         head = KeypointHead(2, grid.points(), 3, (8, 8), (8, 8), maps=maps)
         with torch.no_grad():
-            k, weights = head.keypoints(torch.rand(2, 1, 16, 16), 0)
-        assert k.shape == (2, 3, 2) and float(k.abs().max()) <= 15.0 and weights.shape == (2, 3, 8, 8)
+            k, logits = head.keypoints(torch.rand(2, 1, 16, 16), 0)
+        assert k.shape == (2, 3, 2) and float(k.abs().max()) <= 15.0 and logits.shape == (2, 3, 8, 8)
     # A segmentation map's keypoint is its probability-weighted centroid.
     head = KeypointHead(2, grid.points(), 1, (8, 8), (8, 8), maps="segmentation")
     inside = (head.points[:, 0] > 4) & (head.points[:, 1] < -2)  # a block of the half-resolution grid
@@ -601,6 +601,27 @@ def test_every_shipped_config_is_valid(path):
     load_config(path)  # validated: a wrong key, type or value raises
 
 
+def test_segmentation_cross_entropy_revives_a_dead_map():
+    # A map whose logits fell far below zero (the prostate MR network of a CV fold: -1080..-18) gets no gradient
+    # from the Dice term, and the cross-entropy part's gradient on each missed target voxel is p - 1 ~ -1.
+    from morphreg.learn.train import segmentation_loss
+
+    target = torch.zeros(1, 1, 16, 16)
+    target[..., 4:12, 4:12] = 1
+    batch = {"fixed_segmentation": target, "moving_segmentation": target}
+    healthy = torch.where(average_pool(target, 2) > 0.5, 20.0, -20.0)
+    dead = torch.full((1, 1, 8, 8), -40.0, requires_grad=True)
+    inside = average_pool(target, 2)[0, 0] > 0.5
+    for weight, revived in ((0.0, False), (1.0, True)):
+        dead.grad = None
+        segmentation_loss((healthy, dead), batch, cross_entropy=weight).backward()
+        push = -float(dead.grad[0, 0][inside].mean())  # how hard the gland voxels' logits are pushed up
+        assert (push > 1e-3) == revived, (weight, push)  # 0 (1e-18) without, 0.008 = 1 / 2 / 64 with
+    # Both parts vanish for a perfect map; without the weight the loss is the Dice part alone.
+    assert float(segmentation_loss((healthy, healthy), batch, cross_entropy=1.0)) < 1e-6
+    assert abs(float(segmentation_loss((healthy, dead.detach()), batch)) - 0.5) < 1e-6
+
+
 def test_segmentation_keypoint_maps_learn_each_images_label_and_align_their_centroids(run_2d, monkeypatch):
     # model.keypoint_maps segmentation + loss.segmentation: the two-step design (segment each image, align the
     # segmentations) in one network. Label 1 of each image is the target; random shifts of each side (6 mm).
@@ -624,7 +645,7 @@ def test_segmentation_keypoint_maps_learn_each_images_label_and_align_their_cent
                                   torch.Generator().manual_seed(500 + seed))
             with torch.no_grad():
                 _, shift = trainer.net.affine_head(torch.cat([batch["fixed"], batch["moving"]], 1))
-                losses.append(float(segmentation_loss(trainer.net.affine_head.last_maps, batch)))
+                losses.append(float(segmentation_loss(trainer.net.affine_head.last_logits, batch)))
             truth = centre(batch["moving_segmentation"][0]) - centre(batch["fixed_segmentation"][0])
             errors.append(float((shift[0] - truth).norm()))
         return float(np.mean(losses)), float(np.mean(errors))
@@ -658,6 +679,16 @@ def test_segmentation_keypoint_maps_learn_each_images_label_and_align_their_cent
         warped = warp(moving_seg, result.transform, fixed_seg.grid)
         return float(soft_dice((fixed_seg.data[None] > 0.5).float(), (warped.data[None] > 0.5).float()))
 
-    monkeypatch.setattr(RegistrationNet, "predict", lambda self, f, m: TranslationTransform(2, translation=[9.0, -6.0]))
+    segmentations = RegistrationNet.predict_with_segmentations
+    far_off = lambda self, f, m: (TranslationTransform(2, translation=[9.0, -6.0]), segmentations(self, f, m)[1])  # noqa: E731
+    monkeypatch.setattr(RegistrationNet, "predict_with_segmentations", far_off)
     start, refined = (predict(run_2d / "segment" / "model.pt", fixed, moving, instance_steps=n) for n in (0, 30))
     assert overlap(refined) > overlap(start) + 0.08, (overlap(start), overlap(refined))  # 0.82 -> 0.93
+    assert not start.warnings and not refined.warnings
+    # A network that finds nothing in one image (a dead map) says so, and its refinement is skipped.
+    empty_moving = lambda self, f, m: (lambda t, s: (t, (s[0], s[1].with_data(s[1].data * 0))))(*segmentations(self, f, m))  # noqa: E731
+    monkeypatch.setattr(RegistrationNet, "predict_with_segmentations", empty_moving)
+    for steps in (0, 30):
+        result = predict(run_2d / "segment" / "model.pt", fixed, moving, instance_steps=steps)
+        assert [w["kind"] for w in result.warnings] == ["segmentation"] and "moving image" in result.warnings[0]["text"]
+        assert not result.stages and any("instance optimisation skipped" in n for n in result.notes) == bool(steps)

@@ -308,8 +308,8 @@ class RegistrationNet(nn.Module):
         grid, f, m = self.model_inputs(fixed, moving)
         transform = self._predicted(grid, f, m)
         mode = "bilinear" if self.space.dim == 2 else "trilinear"
-        maps = tuple(Image(F.interpolate(p[:, :1], size=tuple(f.shape[2:]), mode=mode)[0].cpu(), grid)
-                     for p in self.affine_head.last_maps)  # the maps of the forward pass just made
+        maps = tuple(Image(F.interpolate(torch.sigmoid(z[:, :1]), size=tuple(f.shape[2:]), mode=mode)[0].cpu(), grid)
+                     for z in self.affine_head.last_logits)  # the maps of the forward pass just made
         return transform, maps
 
     @staticmethod

@@ -126,8 +126,8 @@ class KeypointHead(nn.Module):
     the keypoints are free, learned only through the registration loss) or "segmentation" (each map is a
     sigmoid probability, its keypoint the probability-weighted centroid; the first map can be supervised
     as a segmentation of each image: the two-step design "segment the gland in both images, align the
-    segmentations" in one network). :meth:`forward` keeps both images' maps in ``last_maps`` for the training
-    loss (they are part of the autograd graph of the same call). ``fit``: "translation" (mean of q_k - p_k) or "affine" (least
+    segmentations" in one network). :meth:`forward` keeps both images' map logits in ``last_logits`` for the
+    training loss (they are part of the autograd graph of the same call). ``fit``: "translation" (mean of q_k - p_k) or "affine" (least
     squares, needs keypoints >= dim + 1). The maps are computed on the images averaged over 2 voxels per
     axis (a quarter / eighth of the work; the centroids stay sub-voxel).
     Why: a CNN with global average pooling (:class:`AffineHead`) barely sees *where* things are, and on the
@@ -141,11 +141,11 @@ class KeypointHead(nn.Module):
                                   for _ in range(2))
         coarse = average_pool(torch.movedim(points, -1, 0).unsqueeze(0), 2)[0]  # (dim, *coarse shape) mm
         self.register_buffer("points", coarse.flatten(1).T.contiguous(), persistent=False)  # (P, dim)
-        self.last_maps: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_logits: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def keypoints(self, image: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 1, *shape) -> (keypoints (N, K, dim) mm on the canonical grid, maps (N, K, *shape / 2):
-        softmax weights or segmentation probabilities)."""
+        """(N, 1, *shape) -> (keypoints (N, K, dim) mm on the canonical grid, the maps' logits (N, K, *shape / 2):
+        of softmax weights or of segmentation probabilities)."""
         logits = self.nets[side](average_pool(image, 2))
         flat = logits.flatten(2)  # (N, K, P)
         if self.maps == "segmentation":
@@ -154,13 +154,13 @@ class KeypointHead(nn.Module):
         else:
             weights = torch.softmax(flat, dim=-1)
             points = weights @ self.points
-        return points, weights.view_as(logits)
+        return points, logits
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 2, *shape) fixed and moving -> matrix (N, dim, dim), shift (N, dim) mm: y = A x + t maps the
-        fixed keypoints onto the moving ones. Keeps the maps of both images in ``last_maps`` (for a loss)."""
-        (p, fixed_maps), (q, moving_maps) = self.keypoints(x[:, :1], 0), self.keypoints(x[:, 1:], 1)
-        self.last_maps = (fixed_maps, moving_maps)
+        fixed keypoints onto the moving ones. Keeps the map logits of both images in ``last_logits`` (for a loss)."""
+        (p, fixed_logits), (q, moving_logits) = self.keypoints(x[:, :1], 0), self.keypoints(x[:, 1:], 1)
+        self.last_logits = (fixed_logits, moving_logits)
         n, eye = x.shape[0], torch.eye(self.dim, dtype=x.dtype, device=x.device)
         if self.fit == "translation":
             return eye.expand(n, -1, -1), (q - p).mean(1)

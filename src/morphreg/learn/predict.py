@@ -70,16 +70,17 @@ def predict(model: str | Path, fixed, moving, instance_steps: int = 0, device: s
     fixed = intensity_image(load_image(fixed, "fixed image", labels=False), "fixed")
     moving = intensity_image(load_image(moving, "moving image", labels=False), "moving")
     t_io = time.perf_counter() - t0
-    on_segmentations = instance_steps and refines_on_segmentations(net, card)
-    if on_segmentations:
+    segmenting = refines_on_segmentations(net, card)
+    if segmenting:  # one pass gives the segmentations too: their emptiness is checked, with or without refinement
         transform, segmentations = net.predict_with_segmentations(fixed, moving)
     else:
         transform = net.predict(fixed, moving)
     t_net = time.perf_counter() - t0 - t_io
-    stage, labels, notes = None, {}, []
-    if on_segmentations:
+    stage, labels, notes, empty = None, {}, [], []
+    if segmenting:
         fixed_seg, moving_seg = (s.with_data((s.data > 0.5).to(torch.uint8)) for s in segmentations)
         empty = [side for side, seg in (("fixed", fixed_seg), ("moving", moving_seg)) if not seg.data.any()]
+    if segmenting and instance_steps:
         if empty:  # nothing for the label-driven stage to align: keep the network's transform, and say so
             notes.append(f"instance optimisation skipped: the network's segmentation of the {empty[0]} image is empty")
         else:
@@ -96,6 +97,8 @@ def predict(model: str | Path, fixed, moving, instance_steps: int = 0, device: s
                                   moving_path=moving_path, t_io=t_io, t_start=t0)
     result.preset = "learned" + (f" + {instance_steps} instance steps" if stage is not None else "")
     result.notes += notes
+    result.warnings += [{"kind": "segmentation", "text": f"the network found nothing in the {side} image (its "
+                         "segmentation is empty): its transform aligns nothing and is not to be trusted"} for side in empty]
     result.timings = {**result.timings, "network_s": t_net}
     result.notes.append(f"model {model}")
     return result
