@@ -601,6 +601,30 @@ def test_every_shipped_config_is_valid(path):
     load_config(path)  # validated: a wrong key, type or value raises
 
 
+def test_network_work_flushes_denormals_and_restores_the_mode(monkeypatch):
+    # Products of a saturated sigmoid's tiny values are denormals (1e-30 x 1e-10 in float32), the slow path of
+    # x86 cores: inside flushed_denormals they are 0, and the mode before is back afterwards, also around predict.
+    from morphreg.core.numerics import denormals_flushed, flushed_denormals
+    from morphreg.learn import predict as predict_module
+
+    assert not denormals_flushed() and float(torch.tensor(1e-30) * 1e-10) > 0
+    with flushed_denormals():
+        if not torch.set_flush_denormal(True):
+            pytest.skip("this CPU cannot flush denormals")
+        assert denormals_flushed() and float(torch.tensor(1e-30) * 1e-10) == 0
+    assert not denormals_flushed()
+    seen = []
+
+    def record(model):
+        seen.append(denormals_flushed())
+        raise MorphregError("stop here")
+
+    monkeypatch.setattr(predict_module, "resolve_model", record)
+    with pytest.raises(MorphregError, match="stop here"):
+        predict_module.predict("any", None, None)
+    assert seen == [True] and not denormals_flushed()
+
+
 def test_segmentation_cross_entropy_revives_a_dead_map():
     # A map whose logits fell far below zero (the prostate MR network of a CV fold: -1080..-18) gets no gradient
     # from the Dice term, and the cross-entropy part's gradient on each missed target voxel is p - 1 ~ -1.

@@ -22,12 +22,18 @@ def train_cmd(
 ) -> None:
     """Train a registration network (unsupervised, weakly supervised or supervised on synthetic pairs) with
     the engine's loss terms. On several GPUs or nodes: torchrun --nproc_per_node N -m morphreg train ..."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+    from morphreg.core.numerics import flushed_denormals
     from morphreg.learn.config import load_config
     from morphreg.learn.train import Trainer
 
-    trainer = Trainer(load_config(config, set_), output, resume)
+    with flushed_denormals():  # from the start, so the intra-op threads inherit it
+        _train(Trainer(load_config(config, set_), output, resume), output, quiet)
+
+
+def _train(trainer, output: Path, quiet: bool) -> None:
+    """Run ``trainer`` with a progress bar, then say where the model went."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console,
                         disable=quiet or trainer.rank > 0)  # under torchrun, process 0 reports
@@ -64,10 +70,11 @@ def predict_cmd(
     """Register MOVING onto FIXED with a trained network; writes the same files as 'morphreg register'."""
     from morphreg.cli.register import print_outcome
     from morphreg.core.files import output_folder
+    from morphreg.core.numerics import flushed_denormals
     from morphreg.learn.predict import predict
     from morphreg.report import build_report
 
-    with output_folder(output, [model, fixed, moving]) as folder:
+    with output_folder(output, [model, fixed, moving]) as folder, flushed_denormals():
         result = predict(model, fixed, moving, instance_optimization, device)
         result.write(folder)
         if report:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from morphreg.core.numerics import flushed_denormals
 from morphreg.errors import MorphregError
 from morphreg.learn.model import load_model
 from morphreg.learn.zoo import resolve_model
@@ -54,6 +55,7 @@ def refines_on_segmentations(net, card: dict) -> bool:
     return net.kind == "none" and bool(net.keypoints) and net.keypoint_maps == "segmentation" and trained
 
 
+@flushed_denormals()
 def predict(model: str | Path, fixed, moving, instance_steps: int = 0, device: str = "cpu", seed: int = 0):
     """Register ``moving`` to ``fixed`` (paths or Images) with ``model`` (a file or a shipped model's name); with
     ``instance_steps`` > 0 the network's transform is refined by that many classical iterations."""

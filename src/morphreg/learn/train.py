@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from morphreg.core.differences import mapping_jacobian_determinant
 from morphreg.core.files import atomic_path
+from morphreg.core.numerics import flushed_denormals
 from morphreg.core.sampling import sample
 from morphreg.errors import MorphregError
 from morphreg.metrics.overlap import soft_dice
@@ -387,6 +388,7 @@ class Trainer:
             writer.writerows(rows)
 
     # ----- the loop ---------------------------------------------------------------------------------------
+    @flushed_denormals()  # a trained map's saturated sigmoid makes denormals: 4x slower steps on CPU without
     def fit(self, on_step=None) -> TrainReport:
         """Train until ``train.steps`` (or early stopping); ``on_step(step, row)`` after every step."""
         t = self.config.train
