@@ -33,9 +33,13 @@ def test_the_prostate_model_is_shipped_small_with_its_card():
     assert json.loads((path.parent / f"{NAME}.json").read_text()) == json.loads(json.dumps(card))  # the same card
     # Its instance optimisation is the label-driven affine on its own segmentations (read from the shipped card's
     # loss; by name it used to fall back to the slower image-driven refinement: 19 s, 6.36 mm).
-    from morphreg.learn.predict import refines_on_segmentations
+    from morphreg.learn.predict import instance_stage, refines_on_segmentations, trained_loss
 
     assert refines_on_segmentations(net, card)
+    # Both card shapes give the same training loss to the image-driven refinement too.
+    stage = instance_stage({"loss": {"similarity": "mind", "penalties": [{"name": "bending", "weight": 2.0}]}}, 5)
+    assert stage["similarity"] == "mind" and stage["penalties"][0]["name"] == "bending"
+    assert trained_loss({"config": {"loss": card["loss"]}}) == trained_loss(card) == card["loss"]
 
 
 @pytest.mark.realdata

@@ -27,9 +27,15 @@ from morphreg.learn.zoo import resolve_model
 INSTANCE_LR = 0.3  # the svf stage's step of the classical presets
 
 
+def trained_loss(card: dict) -> dict:
+    """The loss section a model was trained with, from either shape of model card: a training run's card holds its
+    whole config (``config.loss``), a shipped model's card (benchmarks/prostate_model.py) the loss alone."""
+    return card.get("config", {}).get("loss") or card.get("loss") or {}
+
+
 def instance_stage(card: dict, steps: int) -> dict:
     """The SVF stage that refines a network's transform for ``steps`` iterations with its training loss."""
-    loss = card.get("config", {}).get("loss", {})
+    loss = trained_loss(card)
     return {"model": "svf", "model_params": {"steps": 7},
             "similarity": loss.get("similarity") or {"mono": "lncc", "multi": "mind"},
             "similarity_params": loss.get("similarity_params") or {},
@@ -49,9 +55,7 @@ def label_instance_stage(steps: int) -> dict:
 def refines_on_segmentations(net, card: dict) -> bool:
     """Whether instance optimisation is the label-driven affine on the network's own segmentations: a linear
     keypoint network (model.kind none) whose maps were trained as segmentations (loss.segmentation > 0)."""
-    # a training run's card holds its whole config; a shipped model's card (benchmarks/prostate_model.py) its loss
-    loss = card.get("config", {}).get("loss") or card.get("loss") or {}
-    trained = (loss.get("segmentation") or 0) > 0
+    trained = (trained_loss(card).get("segmentation") or 0) > 0
     return net.kind == "none" and bool(net.keypoints) and net.keypoint_maps == "segmentation" and trained
 
 
