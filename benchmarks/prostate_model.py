@@ -161,6 +161,8 @@ def model_card(run: Path, records: list[dict], pairs: list[int], cv_runs: Path |
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     rows = list(csv.DictReader(open(run / "metrics.csv")))
+    pairs_csv = Path(config["data"]["pairs"]).parts  # resolved by the run: shown from configs/ on, not this machine's path
+    trained_on = Path(*pairs_csv[pairs_csv.index("configs"):]) if "configs" in pairs_csv else Path(*pairs_csv[-2:])
     return {
         "name": NAME,
         "summary": {
@@ -169,7 +171,7 @@ def model_card(run: Path, records: list[dict], pairs: list[int], cv_runs: Path |
             "cross_validation": cross_validation(cv_runs),
         },
         "data": "DeepReg's public, heavily blurred demo version of the SmartTarget MR-TRUS data "
-                f"(../shared/data/prostate_mr_trus): trained on the pairs of {config['data']['pairs']}, scored on "
+                f"(../shared/data/prostate_mr_trus): trained on the pairs of {trained_on}, scored on "
                 f"obs{pairs[0]:03d}-obs{pairs[-1]:03d}; consecutive cases may share one patient's MR, and no patient "
                 "straddles obs067/obs068",
         "preprocessing": {"model_grid_size": config["model"]["size"], "model_grid_spacing_mm": config["model"]["spacing"],
