@@ -52,7 +52,7 @@ def train(run: Path, minutes: float, sets: list[str]) -> bool:
     model = run / "model"
     command = [sys.executable, "-m", "morphreg", "train", str(CONFIG), "-o", str(model), "-q",
                "--set", f"data.pairs={run / 'train.csv'}", "--set", f"data.val_pairs={run / 'val.csv'}"]
-    command += [a for s in sets for a in ("--set", s)] + (["--resume"] if (model / "checkpoint.pt").exists() else [])
+    command += [a for s in sets for a in ("--set", s)] + (["--resume"] if (model / "config.yaml").exists() else [])
     try:
         subprocess.run(command, check=True, timeout=minutes * 60)
     except subprocess.TimeoutExpired:

@@ -105,6 +105,27 @@ def test_resume_continues_exactly(run_2d):
     assert [r["loss"] for r in rows["straight"]] == [r["loss"] for r in rows["resumed"]]
 
 
+def test_resume_before_the_first_checkpoint_starts_again(run_2d):
+    """A run stopped before its first checkpoint leaves config.yaml only: --resume trains it from step 0 (the
+    same result as a straight run), where "not empty" had left it neither resumable nor restartable."""
+    straight = Trainer(load_config(run_2d / "cfg.yaml"), run_2d / "straight")
+    straight.fit()
+    stopped = run_2d / "stopped"
+    Trainer(load_config(run_2d / "cfg.yaml"), stopped)  # writes config.yaml, no step taken
+    assert [p.name for p in stopped.iterdir()] == ["config.yaml"]
+    with pytest.raises(MorphregError, match="not empty"):
+        Trainer(load_config(run_2d / "cfg.yaml"), stopped)
+    with pytest.raises(MorphregError, match="differs"):
+        Trainer(load_config(run_2d / "cfg.yaml", ["train.lr=0.5"]), stopped, resume=True)
+    again = Trainer(load_config(run_2d / "cfg.yaml"), stopped, resume=True)
+    assert again.step == 0
+    again.fit()
+    for (name, a), b in zip(straight.net.state_dict().items(), again.net.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(MorphregError, match="nothing to resume"):
+        Trainer(load_config(run_2d / "cfg.yaml"), run_2d / "never", resume=True)
+
+
 def test_model_file_round_trip_without_pickled_code(tmp_path):
     torch.manual_seed(0)
     net = RegistrationNet(ModelSpace((16, 16), (2.0, 2.0)), "displacement", (8, 8), (8, 8, 8))

@@ -21,7 +21,7 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
 import torch
@@ -84,6 +84,7 @@ class TrainingLoss:
 
     stage: StageLoss
     penalties: list[PenaltyTerm]
+    _: KW_ONLY  # the training-only terms by name: they grow with the recipes
     affine: float = 0.0
     gradients: float = 0.0
     symmetric: bool = False
@@ -99,8 +100,8 @@ def training_loss(config: RunConfig) -> TrainingLoss:
                       centroid_weight=loss.centroids, box_weight=loss.boxes, label_scales_mm=tuple(loss.label_scales_mm))
     penalties = [PenaltyTerm(p["name"], float(p.get("weight", 1.0)), dict(p.get("params") or {}), mask_name=p.get("mask"))
                  for p in loss.penalties]
-    return TrainingLoss(stage, penalties, loss.affine, loss.gradients, loss.symmetric, loss.segmentation,
-                        loss.segmentation_cross_entropy)
+    return TrainingLoss(stage, penalties, affine=loss.affine, gradients=loss.gradients, symmetric=loss.symmetric,
+                        segmentation=loss.segmentation, segmentation_cross_entropy=loss.segmentation_cross_entropy)
 
 
 def with_segmentation_targets(pair: dict, channel: int) -> dict:
@@ -316,8 +317,8 @@ class Trainer:
 
         saved = self.run / "config.yaml"
         if resume:
-            if not (self.run / STATE_FILE).is_file():
-                raise MorphregError("nothing to resume: no checkpoint.pt in the run folder", self.run)
+            if not saved.is_file():
+                raise MorphregError("nothing to resume: no config.yaml in the run folder", self.run)
             before = load_config(saved, base=Path("/")).to_dict()
             now = self.config.to_dict()
             if self.config.train.lr_schedule == "constant":  # a constant rate allows a longer run
@@ -326,14 +327,8 @@ class Trainer:
                 key = next((f"{s}.{k}" for s in now for k in now[s] if now[s][k] != before.get(s, {}).get(k)), "a key")
                 raise MorphregError(f"--resume with another config ({key} differs from the run's config.yaml; "
                                     "train.steps may change only with lr_schedule constant)", self.run)
-            try:
-                state = torch.load(self.run / STATE_FILE, map_location=self.device, weights_only=True)
-                self.net.load_state_dict(state["model"])
-                self.optimizer.load_state_dict(state["optimizer"])
-                self.scheduler.load_state_dict(state["scheduler"])
-            except Exception as exc:  # noqa: BLE001 - a damaged or foreign checkpoint
-                raise MorphregError(f"cannot resume from checkpoint.pt ({type(exc).__name__})", self.run) from None
-            self.step, self.best, self.bad_validations = int(state["step"]), float(state["best"]), int(state["bad"])
+            if (self.run / STATE_FILE).is_file():  # none when it stopped before its first checkpoint: from step 0
+                self._load_checkpoint()
             if self.rank == 0:
                 self._truncate_metrics()
         elif self.run.exists() and any(self.run.iterdir()):
@@ -346,6 +341,16 @@ class Trainer:
             self.run.mkdir(parents=True, exist_ok=True)
             with atomic_path(saved) as tmp:
                 tmp.write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False), encoding="utf-8")
+
+    def _load_checkpoint(self) -> None:
+        try:
+            state = torch.load(self.run / STATE_FILE, map_location=self.device, weights_only=True)
+            self.net.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except Exception as exc:  # noqa: BLE001 - a damaged or foreign checkpoint
+            raise MorphregError(f"cannot resume from checkpoint.pt ({type(exc).__name__})", self.run) from None
+        self.step, self.best, self.bad_validations = int(state["step"]), float(state["best"]), int(state["bad"])
 
     def _checkpoint(self) -> None:
         if self.rank:
