@@ -667,6 +667,29 @@ def test_segmentation_cross_entropy_revives_a_dead_map():
     assert abs(float(segmentation_loss((healthy, dead.detach()), batch)) - 0.5) < 1e-6
 
 
+def test_segmentation_centroid_term_is_the_keypoint_error_in_mm():
+    # loss.segmentation_centroid: the distance of each map's centroid (by the keypoint head's own centroids) from
+    # its target's, / 10 mm, averaged over both images. A map shifted by one coarse voxel (2 mm) on one side: 0.1.
+    from morphreg.learn.networks import KeypointHead
+    from morphreg.learn.train import segmentation_loss
+
+    points = torch.stack(torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="xy"), -1)  # (16, 16, 2) mm
+    head = KeypointHead(2, points, keypoints=1, encoder=(4,), decoder=(4,), maps="segmentation")
+    target = torch.zeros(1, 1, 16, 16)
+    target[..., 4:12, 4:12] = 1
+    batch = {"fixed_segmentation": target, "moving_segmentation": target}
+    healthy = torch.where(average_pool(target, 2) > 0.5, 30.0, -30.0)
+    shifted = torch.roll(healthy, 1, dims=-1).requires_grad_(True)  # +1 coarse voxel = +2 mm along x
+    plain = float(segmentation_loss((healthy, shifted), batch))
+    with_centroid = segmentation_loss((healthy, shifted), batch, centroid=1.0, centroids=head.centroids)
+    assert abs(float(with_centroid) - plain - 0.1) < 1e-4, (float(with_centroid), plain)
+    soft = (shifted.detach() / 10).requires_grad_(True)  # unsaturated, so the term has a gradient
+    (segmentation_loss((healthy, soft), batch, centroid=1.0, centroids=head.centroids)
+     - segmentation_loss((healthy, soft), batch)).backward()  # the centroid part alone pulls the map back:
+    assert float(soft.grad[0, 0, 3, 2]) < 0 < float(soft.grad[0, 0, 3, 6])  # logits left of it up, right of it down
+    assert float(segmentation_loss((healthy, healthy), batch, centroid=1.0, centroids=head.centroids)) < 1e-6
+
+
 def test_segmentation_keypoint_maps_learn_each_images_label_and_align_their_centroids(run_2d, monkeypatch):
     # model.keypoint_maps segmentation + loss.segmentation: the two-step design (segment each image, align the
     # segmentations) in one network. Label 1 of each image is the target; random shifts of each side (6 mm).

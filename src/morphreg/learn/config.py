@@ -96,6 +96,8 @@ class LossConfig:
     segmentation_channel: int = 0  # e.g. the prostate gland
     segmentation_cross_entropy: float = 0.0  # weight, relative to the Dice part, of the binary cross-entropy of the
     #                                         maps in loss.segmentation (keeps a map from dying; see segmentation_loss)
+    segmentation_centroid: float = 0.0  # weight, relative to the Dice part, of the distance / 10 mm between each
+    #                                    map's centroid (the keypoint the map gives) and its target's centroid
     gradients: float = 0.0  # weight of mean |g - 1| of the grid steps (model.kind gradients; the paper's beta)
 
 
@@ -273,8 +275,9 @@ def _check_meaning(config: RunConfig, path) -> None:
     if loss.segmentation and (m.keypoint_maps != "segmentation" or not m.keypoints):
         problems.append("loss.segmentation supervises the keypoint maps: set model.keypoints and model.keypoint_maps: "
                         "segmentation")
-    if loss.segmentation_cross_entropy < 0:
-        problems.append(f"loss.segmentation_cross_entropy must be >= 0, not {loss.segmentation_cross_entropy}")
+    for name in ("segmentation_cross_entropy", "segmentation_centroid"):
+        if getattr(loss, name) < 0:
+            problems.append(f"loss.{name} must be >= 0, not {getattr(loss, name)}")
     if loss.segmentation_channel < 0:
         problems.append(f"loss.segmentation_channel must be >= 0, not {loss.segmentation_channel}")
     if loss.affine and not m.affine:

@@ -147,14 +147,15 @@ class KeypointHead(nn.Module):
         """(N, 1, *shape) -> (keypoints (N, K, dim) mm on the canonical grid, the maps' logits (N, K, *shape / 2):
         of softmax weights or of segmentation probabilities)."""
         logits = self.nets[side](average_pool(image, 2))
-        flat = logits.flatten(2)  # (N, K, P)
         if self.maps == "segmentation":
-            weights = torch.sigmoid(flat)  # an all-but-empty map's centroid is still its weighted mean, not NaN
-            points = weights @ self.points / weights.sum(-1, keepdim=True).clamp_min(1e-6)
-        else:
-            weights = torch.softmax(flat, dim=-1)
-            points = weights @ self.points
-        return points, logits
+            return self.centroids(torch.sigmoid(logits)), logits
+        return torch.softmax(logits.flatten(2), dim=-1) @ self.points, logits
+
+    def centroids(self, weights: torch.Tensor) -> torch.Tensor:
+        """(N, K, *shape / 2) non-negative weights on the maps' grid -> their weighted centroids (N, K, dim) mm.
+        An all-but-empty map's centroid is still its weighted mean, not NaN."""
+        flat = weights.flatten(2)
+        return flat @ self.points / flat.sum(-1, keepdim=True).clamp_min(1e-6)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 2, *shape) fixed and moving -> matrix (N, dim, dim), shift (N, dim) mm: y = A x + t maps the
