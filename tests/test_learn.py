@@ -272,7 +272,7 @@ def test_cli_train_resume_predict(run_2d, capfd):
     ("model.foo=1", "unknown key model.foo"), ("train.steps=abc", "train.steps must be int"),
     ("loss.similarity=nope", "loss.similarity 'nope'"), ("model.size=[30,32]", "must divide by 8"),
     ("data.augment.scale=1.5", "scale < 1"), ("loss.affine=0.1", "set model.affine"),
-    ("model.percentiles=[99,1]", "model.percentiles")])
+    ("model.percentiles=[99,1]", "model.percentiles"), ("data.augment.mirror=[2]", "data.augment.mirror: axes")])
 def test_config_errors_are_one_line(run_2d, capfd, change, message):
     code, _, err = cli(capfd, "train", run_2d / "cfg.yaml", "-o", run_2d / "bad", "--set", change)
     assert code == 2 and message in one_line_error(err, "cfg.yaml")
@@ -760,3 +760,17 @@ def test_segmentation_keypoint_maps_learn_each_images_label_and_align_their_cent
         result = predict(run_2d / "segment" / "model.pt", fixed, moving, instance_steps=steps)
         assert [w["kind"] for w in result.warnings] == ["segmentation"] and "moving image" in result.warnings[0]["text"]
         assert not result.stages and any("instance optimisation skipped" in n for n in result.notes) == bool(steps)
+
+
+def test_mirror_augmentation_reflects_the_chosen_axes_about_the_grid_centre_half_the_time():
+    from morphreg.learn.augment import random_map
+
+    grid = Grid([12, 10], spacing=[2.0, 1.5], origin=[-11.0, -6.75])  # centred on 0
+    x = grid.points().unsqueeze(0)
+    s = random_map(grid, 64, torch.Generator().manual_seed(0), mirror=[0])
+    y = s.forward(x)
+    flipped = torch.isclose(y[..., 0], -x[..., 0]).flatten(1).all(1)
+    kept = torch.isclose(y[..., 0], x[..., 0]).flatten(1).all(1)
+    assert bool((flipped ^ kept).all()) and 20 < int(flipped.sum()) < 44  # each sample one or the other, ~half
+    assert torch.allclose(y[..., 1], x[..., 1].expand_as(y[..., 1]))  # the other axis untouched
+    assert torch.allclose(s.inverse(y), x.expand_as(y), atol=1e-5)

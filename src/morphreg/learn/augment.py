@@ -73,10 +73,15 @@ def smooth_noise(grid: Grid, n: int, channels: int, control_mm: float, gen: torc
 
 
 def random_map(grid: Grid, n: int, gen: torch.Generator, rotation_deg: float = 0.0, scale: float = 0.0,
-               shift_mm: float = 0.0, deformation_mm: float = 0.0, control_mm: float = 20.0) -> RandomMap:
+               shift_mm: float = 0.0, deformation_mm: float = 0.0, control_mm: float = 20.0, mirror=()) -> RandomMap:
     dim = grid.dim
     angles = (torch.rand((n, 1 if dim == 2 else 3), generator=gen) * 2 - 1) * math.radians(rotation_deg)
     scales = 1 + (torch.rand((n, dim), generator=gen) * 2 - 1) * scale
+    if mirror:  # drawn only when asked, so the random stream of a config without it is unchanged
+        flips = torch.rand((n, dim), generator=gen) < 0.5
+        mirrored = torch.zeros(dim, dtype=torch.bool)
+        mirrored[list(mirror)] = True
+        scales = torch.where(flips & mirrored, -scales, scales)
     matrix = rotation(angles, dim) @ torch.diag_embed(scales)
     shift = (torch.rand((n, dim), generator=gen) * 2 - 1) * shift_mm
     # The velocity is smooth on the scale of control_mm: integrating it on a grid of ~control_mm / 4 spacing

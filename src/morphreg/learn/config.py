@@ -29,6 +29,8 @@ class AugmentConfig:
     bias: float = 0.0  # amplitude of a smooth log bias field
     gamma: float = 0.0  # std of log gamma
     contrast: float = 0.0  # relative +- of contrast (and half of it as brightness)
+    mirror: list[int] = field(default_factory=list)  # axes of the model grid, each mirrored about its centre with
+    #                                                 probability 1/2 (e.g. [0]: left-right, for a roughly symmetric organ)
 
 
 @dataclass
@@ -262,6 +264,8 @@ def _check_meaning(config: RunConfig, path) -> None:
     if not 0 <= a.scale < 1 or a.control_mm <= 0 or min(a.rotation_deg, a.shift_mm, a.deformation_mm, a.noise, a.bias,
                                                          a.gamma, a.contrast) < 0:
         problems.append("data.augment: amplitudes must be >= 0, scale < 1 and control_mm > 0")
+    if not all(isinstance(axis, int) and 0 <= axis < m.dim for axis in a.mirror):
+        problems.append(f"data.augment.mirror: axes of the model grid (0 .. {m.dim - 1}), not {a.mirror}")
     if config.data.workers < 0 or (t.threads is not None and t.threads < 1):
         problems.append("data.workers must be >= 0 and train.threads >= 1")
     if config.data.label_sampling not in ("all", "one"):

@@ -158,7 +158,7 @@ def changed_batch(batch: dict, config: RunConfig, grid, gen: torch.Generator) ->
     ``batch["target"]`` = S(x) on the grid. Otherwise each side gets its own random map (image, labels
     and mask alike). Then the intensities of each image change independently."""
     a = config.data.augment
-    spatial = {k: getattr(a, k) for k in ("rotation_deg", "scale", "shift_mm", "deformation_mm", "control_mm")}
+    spatial = {k: getattr(a, k) for k in ("rotation_deg", "scale", "shift_mm", "deformation_mm", "control_mm", "mirror")}
     n = batch["fixed"].shape[0]
     x = grid.points().unsqueeze(0)
     if config.loss.endpoint:
@@ -168,7 +168,7 @@ def changed_batch(batch: dict, config: RunConfig, grid, gen: torch.Generator) ->
         for kind in ("labels", "segmentation"):
             if f"fixed_{kind}" in batch:
                 batch[f"moving_{kind}"] = sample(batch[f"fixed_{kind}"], grid, inverse)
-    elif a.rotation_deg or a.scale or a.shift_mm or a.deformation_mm:
+    elif a.rotation_deg or a.scale or a.shift_mm or a.deformation_mm or a.mirror:
         for side in ("fixed", "moving"):
             points = random_map(grid, n, gen, **spatial).forward(x)
             keys = (side, f"{side}_labels", f"{side}_segmentation", f"{side}_mask") + \
