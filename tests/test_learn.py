@@ -272,7 +272,8 @@ def test_cli_train_resume_predict(run_2d, capfd):
     ("model.foo=1", "unknown key model.foo"), ("train.steps=abc", "train.steps must be int"),
     ("loss.similarity=nope", "loss.similarity 'nope'"), ("model.size=[30,32]", "must divide by 8"),
     ("data.augment.scale=1.5", "scale < 1"), ("loss.affine=0.1", "set model.affine"),
-    ("model.percentiles=[99,1]", "model.percentiles"), ("data.augment.mirror=[2]", "data.augment.mirror: axes")])
+    ("model.percentiles=[99,1]", "model.percentiles"), ("data.augment.mirror=[2]", "data.augment.mirror: axes"),
+    ("loss.segmentation_centroid=1", "weighs a part of loss.segmentation")])
 def test_config_errors_are_one_line(run_2d, capfd, change, message):
     code, _, err = cli(capfd, "train", run_2d / "cfg.yaml", "-o", run_2d / "bad", "--set", change)
     assert code == 2 and message in one_line_error(err, "cfg.yaml")

@@ -285,6 +285,8 @@ def _check_meaning(config: RunConfig, path) -> None:
     for name in ("segmentation_cross_entropy", "segmentation_centroid"):
         if getattr(loss, name) < 0:
             problems.append(f"loss.{name} must be >= 0, not {getattr(loss, name)}")
+        elif getattr(loss, name) and not loss.segmentation:  # a part of loss.segmentation: alone it would do nothing
+            problems.append(f"loss.{name} weighs a part of loss.segmentation: set loss.segmentation > 0")
     if loss.segmentation_channel < 0:
         problems.append(f"loss.segmentation_channel must be >= 0, not {loss.segmentation_channel}")
     if loss.affine and not m.affine:
