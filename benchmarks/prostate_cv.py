@@ -8,6 +8,8 @@ continues across sessions in chunks of --minutes), then scores its held-out pair
 
     python benchmarks/prostate_cv.py --runs RUNS [--folds 0-4] [--minutes 110] [--instance 0,40] [--set train.steps=2500 ...]
     python benchmarks/prostate_cv.py --runs RUNS --report        # the table over the folds scored so far
+    python benchmarks/prostate_cv.py --runs ENS --ensemble RUNS_A RUNS_B [--instance 0,20]   # no training: each
+        fold's networks of RUNS_A, RUNS_B (e.g. two train.seed) joined as one ensemble model and scored
 """
 from __future__ import annotations
 
@@ -60,6 +62,20 @@ def train(run: Path, minutes: float, sets: list[str]) -> bool:
     return True
 
 
+def join_fold(run: Path, members: list[Path]) -> None:
+    """The fold's ensemble model ``run/model/model.pt`` (with the first member's config.yaml) of the same fold's
+    finished models in ``members`` (RUNS folders)."""
+    from morphreg.learn.model import save_ensemble
+
+    models = [m / run.name / "model" for m in members]
+    missing = [str(m) for m in models if not (m / "model.pt").exists()]
+    if missing:
+        sys.exit(f"no model yet in {', '.join(missing)}")
+    (run / "model").mkdir(parents=True, exist_ok=True)
+    save_ensemble([m / "model.pt" for m in models], run / "model" / "model.pt")
+    (run / "model" / "config.yaml").write_text((models[0] / "config.yaml").read_text(), encoding="utf-8")
+
+
 def score_fold(run: Path, cases: list[int], instance: list[int]) -> list[dict]:
     """The fold's held-out pairs scored with the fold's model, for each number of instance optimisation steps
     (0 = the network alone), as prostate_model.py scores the shipped model."""
@@ -75,6 +91,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=110.0, help="stop each training after this long (resume later)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config overrides for every fold")
     ap.add_argument("--instance", default="0", help="instance optimisation steps to score, comma-separated (0 = none)")
+    ap.add_argument("--ensemble", type=Path, nargs="+", default=[],
+                    help="RUNS folders of finished CV runs: score each fold's models joined as one ensemble (no training)")
     ap.add_argument("--rescore", action="store_true", help="score the folds' finished models again (no training)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
@@ -87,7 +105,9 @@ def main() -> None:
         for k in pair_numbers(args.folds):
             run = args.runs / f"fold{k}"
             write_tables(run, [c for c in cases if c not in parts[k]], parts[k])
-            if args.rescore or train(run, args.minutes, args.sets):
+            if args.ensemble:
+                join_fold(run, args.ensemble)
+            if args.ensemble or args.rescore or train(run, args.minutes, args.sets):
                 score_fold(run, parts[k], instance)
             else:
                 print(f"fold {k}: stopped after {args.minutes} min; rerun to continue", flush=True)

@@ -1,6 +1,8 @@
 """The MR -> TRUS prostate model (issue 14): score a trained model on held-out pairs next to the classical
-tools, and (``--ship RUN``) write the shipped model ``src/morphreg/models/prostate-mr-trus.pt`` with a model
-card made from these figures and the run's config and metrics (nothing typed by hand).
+tools, and (``--ship RUN [RUN ...]``) write the shipped model ``src/morphreg/models/prostate-mr-trus.pt`` with a
+model card made from these figures and the runs' config and metrics (nothing typed by hand). Several runs of one
+recipe (different train.seed) ship as one ensemble model (``morphreg.learn.model.ensemble``: their shifts and
+segmentations averaged).
 
 Learned rows: ``morphreg.learn.predict`` on images already in memory, so the time is network + warp (+ the
 instance optimisation), without process start or file reading; scored by the same code as every tool
@@ -8,7 +10,7 @@ instance optimisation), without process start or file reading; scored by the sam
 
     python benchmarks/prostate_model.py --model RUN/model.pt [--pairs 68-77] [--instance 0,50]
         [--peers morphreg,morphreg-labels,ants,elastix | --peer-records PROSTATE.json ...] [--json OUT.json]
-        [--name deepreg-recipe] [--segmentations] [--ship RUN [--cv CV_RUNS]]
+        [--name deepreg-recipe] [--segmentations] [--ship RUN [RUN ...] [--cv CV_RUNS]]
     python benchmarks/prostate_model.py --recard --instance 0,20 --segmentations --cv CV_RUNS   # new figures, same model
 
 ``--segmentations`` also scores the network's own gland segmentations of both images against the expert glands
@@ -152,15 +154,32 @@ def validation(records: list[dict], pairs: list[int], segmentations: dict | None
     return block | ({"network_segmentations": segmentations} if segmentations else {})
 
 
-def model_card(run: Path, records: list[dict], pairs: list[int], cv_runs: Path | None = None,
-               segmentations: dict | None = None) -> dict:
-    """The card: data, preprocessing, losses, training, validation figures (from ``records``), cross-validation
-    figures (from ``cv_runs``), limits."""
+def training_block(runs: list[Path]) -> dict:
+    """The card's training figures of one run, or of the runs of an ensemble (their seeds; seconds summed)."""
     import torch
     import yaml
 
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    configs = [yaml.safe_load((run / "config.yaml").read_text()) for run in runs]
+    rows = [list(csv.DictReader(open(run / "metrics.csv"))) for run in runs]
+    train = configs[0]["train"]
+    block = {"steps": int(rows[0][-1]["step"]) if rows[0] else 0, "batch_size": train["batch_size"], "lr": train["lr"],
+             "schedule": train["lr_schedule"], "seconds": sum(float(r[-1]["seconds"]) for r in rows if r),
+             "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
+             "recipe": "configs/prostate_mr_trus.yaml (morphreg train; continue with --resume)"}
+    if len(runs) > 1:
+        block |= {"members": len(runs), "seeds": [c["train"]["seed"] for c in configs],
+                  "recipe": "configs/prostate_mr_trus.yaml, once per seed (morphreg train --set train.seed=S), the "
+                            "runs joined with morphreg ensemble; seconds: all runs together"}
+    return block
+
+
+def model_card(runs: list[Path], records: list[dict], pairs: list[int], cv_runs: Path | None = None,
+               segmentations: dict | None = None) -> dict:
+    """The card: data, preprocessing, losses, training, validation figures (from ``records``), cross-validation
+    figures (from ``cv_runs``), limits; ``runs``: one run folder, or those of an ensemble's members."""
+    import yaml
+
+    config = yaml.safe_load((runs[0] / "config.yaml").read_text())
     pairs_csv = Path(config["data"]["pairs"]).parts  # resolved by the run: shown from configs/ on, not this machine's path
     trained_on = Path(*pairs_csv[pairs_csv.index("configs"):]) if "configs" in pairs_csv else Path(*pairs_csv[-2:])
     return {
@@ -182,21 +201,18 @@ def model_card(run: Path, records: list[dict], pairs: list[int], cv_runs: Path |
                     if k in config["model"]},
         "loss": config["loss"],
         "augmentation": config["data"]["augment"],
-        "training": {"steps": int(rows[-1]["step"]) if rows else 0, "batch_size": config["train"]["batch_size"],
-                     "lr": config["train"]["lr"], "schedule": config["train"]["lr_schedule"],
-                     "seconds": float(rows[-1]["seconds"]) if rows else 0.0,
-                     "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
-                     "recipe": "configs/prostate_mr_trus.yaml (morphreg train; continue with --resume)"},
+        "training": training_block(runs),
         "limits": ["trained and scored on the blurred demo images only; not validated on clinical images",
                    f"{len(pairs)} validation pairs" + ("" if cv_runs else "; no cross-validation yet"),
                    "the model grid covers 72 x 96 x 72 mm around the TRUS centre: MR anatomy outside it is not seen",
                    "the network translates only (the shift between its two gland segmentations): rotation and shape "
                    "differences remain; --instance-optimization N adds the label-driven affine on those segmentations",
-                   "its gland segmentations are coarse (computed at 3 mm); where one is poor, the shift is too"],
+                   "its gland segmentations are coarse (computed at 3 mm); where one is poor, the shift is too"]
+        + ([f"an ensemble of {len(runs)} networks: {len(runs)} network passes per pair"] if len(runs) > 1 else []),
     }
 
 
-def ship(model: Path, card: dict) -> Path:
+def ship(model: str, card: dict) -> Path:
     """Write the network of ``model`` (a model file) as the shipped model, with ``card`` inside it and beside it."""
     from morphreg.learn.model import load_model, save_model
 
@@ -234,7 +250,9 @@ def main() -> None:
     ap.add_argument("--name", default="learned", help="the model's row name (e.g. deepreg-recipe for the peer recipe)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--ship", type=Path, default=None, help="a run folder: ship its model.pt with the card from these figures")
+    ap.add_argument("--ship", type=Path, nargs="+", default=[],
+                    help="a run folder, or several (one recipe, different seeds: shipped as their ensemble): ship its "
+                         "model with the card from these figures")
     ap.add_argument("--cv", type=Path, default=None, help="the RUNS folder of prostate_cv.py: its figures join the card")
     ap.add_argument("--recard", action="store_true",
                     help="score the shipped model and rewrite its card's validation (and, with --cv, cross-validation) "
@@ -250,7 +268,12 @@ def main() -> None:
         sys.exit(f"prostate data not found at {ROOT}")
     if args.recard and (args.ship or args.model != NAME):
         sys.exit("--recard rewrites the shipped model's card: give neither --ship nor another --model")
-    model = str(args.ship / "model.pt") if args.ship else args.model
+    model = args.model
+    if args.ship:  # score exactly what ships: one run's model, or the runs' models joined
+        from morphreg.learn.model import save_ensemble
+
+        files = [run / "model.pt" for run in args.ship]
+        model = str(files[0] if len(files) == 1 else save_ensemble(files, args.ship[0] / "ensemble.pt"))
     pairs = pair_numbers(args.pairs)
     steps = [int(s) for s in args.instance.split(",")]
     peers = [p for p in args.peers.split(",") if p]
@@ -277,9 +300,9 @@ def main() -> None:
         print(json.dumps(segmentations, indent=1))
     if args.ship:
         card = model_card(args.ship, records, pairs, args.cv, segmentations)
-        print("shipped", ship(args.ship / "model.pt", card))
+        print("shipped", ship(model, card))
     elif args.recard:
-        print("card rewritten", ship(SHIPPED / f"{NAME}.pt", updated_card(records, pairs, args.cv, segmentations)))
+        print("card rewritten", ship(str(SHIPPED / f"{NAME}.pt"), updated_card(records, pairs, args.cv, segmentations)))
 
 
 if __name__ == "__main__":

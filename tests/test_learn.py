@@ -775,3 +775,50 @@ def test_mirror_augmentation_reflects_the_chosen_axes_about_the_grid_centre_half
     assert bool((flipped ^ kept).all()) and 20 < int(flipped.sum()) < 44  # each sample one or the other, ~half
     assert torch.allclose(y[..., 1], x[..., 1].expand_as(y[..., 1]))  # the other axis untouched
     assert torch.allclose(s.inverse(y), x.expand_as(y), atol=1e-5)
+
+
+def _random_net(seed: int, **config) -> RegistrationNet:
+    torch.manual_seed(seed)
+    net = RegistrationNet(ModelSpace((16, 16), (2.0, 2.0)), encoder=(8, 8, 8), decoder=(8, 8, 8), **config)
+    for p in net.parameters():  # random enough to give different, non-trivial maps
+        torch.nn.init.normal_(p, std=0.3)
+    return net.eval()
+
+
+def test_an_ensemble_averages_its_members_translations_fields_and_segmentations(tmp_path, capfd):
+    from morphreg.learn.model import RegistrationEnsemble, ensemble
+    from morphreg.learn.predict import predict
+
+    pair = make_phantom_pair(dim=2, size=30, spacing=1.5, seed=0)
+    p = pair.fixed.grid.points().reshape(-1, 2)
+    keypoint = dict(kind="none", affine=True, keypoints=1, keypoint_maps="segmentation", linear="translation")
+    for config in (keypoint, dict(kind="displacement")):
+        members = [_random_net(seed, **config) for seed in (1, 2, 3)]
+        joined = ensemble(members)
+        mean = torch.stack([m.predict(pair.fixed, pair.moving).points(p) for m in members]).mean(0)
+        assert (mean - members[0].predict(pair.fixed, pair.moving).points(p)).norm(dim=-1).max() > 0.1  # they differ
+        torch.testing.assert_close(joined.predict(pair.fixed, pair.moving).points(p), mean, atol=1e-4, rtol=0)
+    members = [_random_net(seed, **keypoint) for seed in (1, 2)]
+    maps = [m.predict_with_segmentations(pair.fixed, pair.moving)[1] for m in members]
+    joined = ensemble(members)
+    _, joined_maps = joined.predict_with_segmentations(pair.fixed, pair.moving)
+    for side in (0, 1):
+        torch.testing.assert_close(joined_maps[side].data, (maps[0][side].data + maps[1][side].data) / 2)
+    # The CLI writes one model file (version 4, refused by older readers with a one-line error) that predict uses.
+    for seed in (1, 2):
+        save_model(_random_net(seed, **keypoint), tmp_path / f"m{seed}.pt", card={"config": {"loss": {"segmentation": 1}}})
+    code, _, err = cli(capfd, "ensemble", tmp_path / "m1.pt", tmp_path / "m2.pt", "-o", tmp_path / "e.pt")
+    assert code == 0, err
+    assert torch.load(tmp_path / "e.pt", weights_only=True)["version"] == 4
+    loaded, card = load_model(tmp_path / "e.pt")
+    assert isinstance(loaded, RegistrationEnsemble) and len(card["ensemble_of"]) == 2
+    offset = predict(tmp_path / "e.pt", pair.fixed, pair.moving).transform.points(p)
+    torch.testing.assert_close(offset, joined.predict(pair.fixed, pair.moving).points(p), atol=1e-4, rtol=0)
+    before = (tmp_path / "m1.pt").read_bytes()
+    code, _, err = cli(capfd, "ensemble", tmp_path / "m1.pt", tmp_path / "m2.pt", "-o", tmp_path / "m1.pt")
+    assert code == 2 and "input" in one_line_error(err, "m1.pt") and (tmp_path / "m1.pt").read_bytes() == before
+    save_model(_random_net(1, kind="displacement"), tmp_path / "d.pt")
+    code, _, err = cli(capfd, "ensemble", tmp_path / "m1.pt", tmp_path / "d.pt", "-o", tmp_path / "x.pt")
+    assert code == 2 and "share one config" in one_line_error(err) and not (tmp_path / "x.pt").exists()
+    with pytest.raises(MorphregError, match="2 or more single networks"):
+        ensemble([joined, _random_net(1, **keypoint)])

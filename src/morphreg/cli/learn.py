@@ -82,6 +82,21 @@ def predict_cmd(
     print_outcome(result, output, report)
 
 
+def ensemble_cmd(
+    models: list[Path] = typer.Argument(..., help="Two or more model files trained with one model config (e.g. one "
+                                        "recipe with different train.seed)."),
+    output: Path = typer.Option(..., "-o", "--output", help="The ensemble's model file (.pt)."),
+) -> None:
+    """Join trained models into one model file whose prediction averages theirs (fields, affine parameters and
+    segmentation maps); use it with predict like any model. Costs one network pass per member."""
+    from morphreg.core.files import check_output_file
+    from morphreg.learn.model import save_ensemble
+
+    check_output_file(output, models)
+    save_ensemble(models, output)
+    console.print(f"{len(models)} models -> {output}")
+
+
 def models_cmd() -> None:
     """The models shipped with morphreg, with their model cards (use the name with predict)."""
     import json

@@ -160,11 +160,12 @@ app.command("batch")(batch_cmd)
 app.command("template")(template_cmd)
 app.command("segment")(segment_cmd)
 
-from morphreg.cli.learn import models_cmd, predict_cmd, train_cmd  # noqa: E402
+from morphreg.cli.learn import ensemble_cmd, models_cmd, predict_cmd, train_cmd  # noqa: E402
 
 app.command("train")(train_cmd)
 app.command("predict")(predict_cmd)
 app.command("models")(models_cmd)
+app.command("ensemble")(ensemble_cmd)
 
 from morphreg.cli.presets import presets_app  # noqa: E402
 

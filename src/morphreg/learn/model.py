@@ -37,8 +37,8 @@ from morphreg.transforms.linear import AffineTransform
 from morphreg.transforms.dense import DisplacementFieldTransform, StationaryVelocityFieldTransform
 
 MODEL_FORMAT = "morphreg-model"
-MODEL_VERSION = 3  # 2: the config keys control_mm, linear, cascade; 3: keypoint_maps (older files load unchanged;
-#                   a model with softmax keypoint maps is written as version 2 without the key, so older morphreg reads it)
+MODEL_VERSION = 4  # 2: the config keys control_mm, linear, cascade; 3: keypoint_maps; 4: members (an ensemble). Older
+#                   files load unchanged; a file is written with the lowest version that holds it, so older morphreg reads it
 FIELD_KINDS = ("svf", "displacement", "gradients", "bspline", "none")  # gradients: the lung-MRI network's
 #   integrated grid; bspline: control points every control_mm; none: the affine head alone (model.affine)
 NETWORKS = ("unet", "dilated")
@@ -308,9 +308,14 @@ class RegistrationNet(nn.Module):
         grid, f, m = self.model_inputs(fixed, moving)
         transform = self._predicted(grid, f, m)
         mode = "bilinear" if self.space.dim == 2 else "trilinear"
-        maps = tuple(Image(F.interpolate(torch.sigmoid(z[:, :1]), size=tuple(f.shape[2:]), mode=mode)[0].cpu(), grid)
-                     for z in self.affine_head.last_logits)  # the maps of the forward pass just made
+        maps = tuple(Image(F.interpolate(p, size=tuple(f.shape[2:]), mode=mode)[0].cpu(), grid)
+                     for p in self.segmentation_probabilities())
         return transform, maps
+
+    def segmentation_probabilities(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first segmentation map of the fixed and of the moving image, (N, 1, *shape / 2) probabilities, of the
+        forward pass just made."""
+        return tuple(torch.sigmoid(z[:, :1]) for z in self.affine_head.last_logits)
 
     @staticmethod
     def _world_linear(grid: Grid, matrix: torch.Tensor, shift: torch.Tensor) -> AffineTransform:
@@ -320,12 +325,65 @@ class RegistrationNet(nn.Module):
                                grid.center())
 
 
+class RegistrationEnsemble(RegistrationNet):
+    """``members`` networks of one config (one recipe trained with different seeds) used as one network: their head
+    outputs are averaged (the field or B-spline coefficients, the affine matrix and shift), and so are the
+    probabilities of their segmentation maps, so prediction, the segmentations and instance optimisation work as for
+    a single network. Averaging is exact for translations and displacements; for an SVF it averages velocities, and
+    for rigid heads the mean matrix is close to, not exactly, a rotation. Member 0 is this module itself, the others
+    are in ``others``. Built from trained networks by :func:`ensemble`, never trained as one.
+    Why: a network's error varies with its seed; on the prostate CV folds two seeds of one recipe differ by up to
+    1 mm per fold and their averaged shifts beat each (RESULTS.md, session 15)."""
+
+    def __init__(self, space: ModelSpace, members: int = 2, **config):
+        super().__init__(space, **config)
+        if int(members) < 2:
+            raise MorphregError(f"an ensemble has at least 2 members, not {members}")
+        self.others = nn.ModuleList(RegistrationNet(space, **config) for _ in range(int(members) - 1))
+
+    def config(self) -> dict:
+        return {**super().config(), "members": len(self.others) + 1}
+
+    def head_output(self, fixed: torch.Tensor, moving: torch.Tensor):
+        outputs = [super().head_output(fixed, moving)] + [m.head_output(fixed, moving) for m in self.others]
+        return tuple(None if parts[0] is None else torch.stack(parts).mean(0) for parts in zip(*outputs))
+
+    def segmentation_probabilities(self) -> tuple[torch.Tensor, torch.Tensor]:
+        per_member = [super().segmentation_probabilities()] + [m.segmentation_probabilities() for m in self.others]
+        return tuple(torch.stack(side).mean(0) for side in zip(*per_member))
+
+
+def ensemble(nets: list[RegistrationNet]) -> RegistrationEnsemble:
+    """One :class:`RegistrationEnsemble` of trained networks that share one config (their weights copied)."""
+    if len(nets) < 2 or any(type(n) is not RegistrationNet for n in nets):
+        raise MorphregError("an ensemble is made of 2 or more single networks")
+    config = nets[0].config()
+    if any(n.config() != config for n in nets[1:]):
+        raise MorphregError("the networks of an ensemble must share one config (model section and model space)")
+    joined = RegistrationEnsemble.from_config({**config, "members": len(nets)})
+    state = dict(nets[0].state_dict())
+    for k, net in enumerate(nets[1:]):
+        state |= {f"others.{k}.{key}": value for key, value in net.state_dict().items()}
+    joined.load_state_dict(state)
+    return joined.to(next(nets[0].parameters()).device).eval()
+
+
+def save_ensemble(models: list[str | Path], path: str | Path) -> Path:
+    """Join the model files ``models`` (one config) into the ensemble model file ``path``. Its card is the first
+    member's (so predict treats it as it would that member, e.g. its instance optimisation), with every member's file
+    and card under ``ensemble_of``."""
+    loaded = [load_model(m) for m in models]
+    card = {**loaded[0][1], "ensemble_of": [{"file": str(m), "card": c} for m, (_, c) in zip(models, loaded)]}
+    return save_model(ensemble([net for net, _ in loaded]), path, card=card)
+
+
 def save_model(net: RegistrationNet, path: str | Path, card: dict | None = None, preprocessing: dict | None = None) -> Path:
     """One file: weights + constructor config + model card, loadable with ``weights_only=True``."""
     from morphreg.core.files import atomic_path
 
     config = net.config()
-    payload = {"format": MODEL_FORMAT, "version": MODEL_VERSION if "keypoint_maps" in config else 2, "config": config,
+    version = MODEL_VERSION if "members" in config else 3 if "keypoint_maps" in config else 2
+    payload = {"format": MODEL_FORMAT, "version": version, "config": config,
                "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "card": card or {}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -345,7 +403,8 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[RegistrationNet, 
     if payload.get("version", 0) > MODEL_VERSION:
         raise MorphregError(f"model file version {payload['version']} is newer than this morphreg reads", path)
     try:
-        net = RegistrationNet.from_config(payload["config"])
+        kind = RegistrationEnsemble if "members" in payload["config"] else RegistrationNet
+        net = kind.from_config(payload["config"])
         net.load_state_dict(payload["state_dict"])
     except MorphregError as exc:  # the constructor's own checks refused the stored config
         raise MorphregError(f"damaged model file ({exc.problem})", path) from None
