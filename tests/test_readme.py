@@ -74,7 +74,7 @@ def test_readme_commands_run_as_written(readme_files, capsys):
     for output in ("out/summary.json", "out/transform.h5", "out2/warped.mha", "warped.nii.gz", "warped_labels.nii.gz",
                    "metrics.json", "report.html", "my.yaml", "batch/0001/summary.json", "batch/metrics.csv",
                    "template.nii.gz", "template_iterations/convergence.csv", "seg.nii.gz", "seg_confidence.nii.gz",
-                   "run/model.pt", "run/metrics.csv", "learned/transform.h5", "fused/transform.h5"):
+                   "run/model.pt", "run/metrics.csv", "learned/transform.h5", "fused/transform.h5", "joined.pt"):
         assert (readme_files / output).is_file(), output
 
 
