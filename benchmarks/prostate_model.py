@@ -164,7 +164,8 @@ def training_block(runs: list[Path]) -> dict:
     train = configs[0]["train"]
     block = {"steps": int(rows[0][-1]["step"]) if rows[0] else 0, "batch_size": train["batch_size"], "lr": train["lr"],
              "schedule": train["lr_schedule"], "seconds": sum(float(r[-1]["seconds"]) for r in rows if r),
-             "hardware": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
+             "hardware": f"{platform.machine()} CPU, {train.get('threads') or os.cpu_count()} of {os.cpu_count()} cores "
+                         f"(train.threads), torch {torch.__version__}",
              "recipe": "configs/prostate_mr_trus.yaml (morphreg train; continue with --resume)"}
     if len(runs) > 1:
         block |= {"members": len(runs), "seeds": [c["train"]["seed"] for c in configs],
