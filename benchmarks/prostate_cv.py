@@ -8,6 +8,8 @@ continues across sessions in chunks of --minutes), then scores its held-out pair
 
     python benchmarks/prostate_cv.py --runs RUNS [--folds 0-4] [--minutes 110] [--instance 0,40] [--set train.steps=2500 ...]
     python benchmarks/prostate_cv.py --runs RUNS --report        # the table over the folds scored so far
+    python benchmarks/prostate_cv.py --runs HALF --train-fraction 0.5   # a learning-curve point: each fold trains on
+        every other patient of its training pairs and is scored on all its held-out pairs
     python benchmarks/prostate_cv.py --runs ENS --ensemble RUNS_A RUNS_B [--instance 0,20]   # no training: each
         fold's networks of RUNS_A, RUNS_B (e.g. two train.seed) joined as one ensemble model and scored
 """
@@ -36,6 +38,16 @@ def folds(cases: list[int], k: int = FOLDS) -> list[list[int]]:
     for group in sorted(patients(cases), key=lambda g: (-len(g), g[0])):
         min(out, key=len).extend(group)
     return [sorted(f) for f in out]
+
+
+def patient_subset(cases: list[int], fraction: float) -> list[int]:
+    """About ``fraction`` of ``cases``, whole patients only, spread evenly over the patients in case order (0.5:
+    every other patient), so a learning-curve point keeps the data's mix and never splits a patient."""
+    from multi_atlas import patients
+
+    groups = sorted(patients(cases), key=lambda g: g[0])
+    kept = [g for i, g in enumerate(groups) if int((i + 1) * fraction) > int(i * fraction)]
+    return sorted(c for g in kept for c in g)
 
 
 def write_tables(run: Path, train: list[int], val: list[int]) -> None:
@@ -94,6 +106,8 @@ def main() -> None:
     ap.add_argument("--ensemble", type=Path, nargs="+", default=[],
                     help="RUNS folders of finished CV runs: score each fold's models joined as one ensemble (no training)")
     ap.add_argument("--rescore", action="store_true", help="score the folds' finished models again (no training)")
+    ap.add_argument("--train-fraction", type=float, default=1.0,
+                    help="train each fold on this fraction of its training patients (a learning-curve point)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     if not ROOT.exists():
@@ -104,7 +118,11 @@ def main() -> None:
     if not args.report:
         for k in pair_numbers(args.folds):
             run = args.runs / f"fold{k}"
-            write_tables(run, [c for c in cases if c not in parts[k]], parts[k])
+            training = [c for c in cases if c not in parts[k]]
+            if not 0 < args.train_fraction <= 1:
+                sys.exit(f"--train-fraction {args.train_fraction}: give a fraction in (0, 1]")
+            write_tables(run, patient_subset(training, args.train_fraction) if args.train_fraction < 1 else training,
+                         parts[k])
             if args.ensemble:
                 join_fold(run, args.ensemble)
             if args.ensemble or args.rescore or train(run, args.minutes, args.sets):
