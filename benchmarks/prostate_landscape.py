@@ -24,8 +24,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where it is used (a fast --help)
+    import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from peers import set_threads  # noqa: E402

@@ -197,7 +197,6 @@ def test_itk_file_round_trip_and_sitk_reads_our_files(tmp_path, dim, suffix):
     rng = np.random.default_rng(2)
     inner = grid.index_to_world_points(rng.uniform(1, np.asarray(grid.size) - 2, (40, dim)))
     for name, t in every_model(dim, grid, rng).items():
-        dense = name in ("displacement", "svf", "tps", "additive")
         path = t.save(tmp_path / f"{name}{suffix}")
         # Models without an ITK counterpart are written as their displacement on their domain.
         written = DisplacementFieldTransform(t.displacement(grid, dtype=torch.float64), grid) if name in ("tps", "additive") else t

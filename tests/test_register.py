@@ -15,7 +15,7 @@ import torch
 from morphreg import Grid, Image, MorphregError, read_image, warp, write_image
 from morphreg.data.phantom import make_phantom_pair, phantom_image, smooth_deformation
 from morphreg.optim import OptimizerConfig, minimize
-from morphreg.register import fft_search, initialize, register
+from morphreg.register import initialize, register
 from morphreg.transforms import AffineTransform, CompositeTransform, RigidTransform
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

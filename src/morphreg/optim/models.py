@@ -268,7 +268,6 @@ class DenseModel(StageModel):
 
     def evaluate(self, grid: Grid) -> Mapping:
         f = self.field()
-        x = grid.points(dtype=torch.float32).unsqueeze(0)
         u = self.displacements(f)
         moving = _apply(self.prior, DisplacementFieldTransform(u[:1], self.grid, parameter=False).map_grid(grid))
         fixed = DisplacementFieldTransform(u[1:], self.grid, parameter=False).map_grid(grid) if self.symmetric else None

@@ -157,7 +157,6 @@ def fft_search(
     best = (-np.inf, np.eye(dim), np.zeros(dim))
     shape = np.asarray(padded.shape)
     for rot in _rotations(dim, max_angle_deg, angle_step_deg):
-        t0 = c_m - c_f
         rigid = _rigid(fixed, rot, c_m, c_f).requires_grad_(False)
         w = smooth_onto(moving, padded, rigid)
         wmask = None

@@ -197,7 +197,7 @@ def _stage_rows(summary: dict) -> list[list]:
         penalties = ", ".join(f"{p.get('name')} x {p.get('weight', 1)}" for p in st.get("penalties") or [] if isinstance(p, dict))
         params = ", ".join(f"{k}={json.dumps(v)}" for k, v in (st.get("model_params") or {}).items())
         opt = st.get("optimizer") or {}
-        outcome = (f"<span class='bad'>discarded</span>" if st.get("diverged") else "kept")
+        outcome = ("<span class='bad'>discarded</span>" if st.get("diverged") else "kept")
         rows.append([f"{st.get('index')}: {st.get('model')}", st.get("similarity", "n/a"), levels or "n/a",
                      penalties or "none", params or "none", f"{opt.get('name', 'n/a')} lr {opt.get('lr', 'n/a')}",
                      _Raw(f"{_fmt(st.get('initial_objective'))} &rarr; {_fmt(st.get('final_objective'))}"), _Raw(outcome)])

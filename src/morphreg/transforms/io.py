@@ -33,8 +33,6 @@ def save_transform(t: Transform, path, grid: Grid | None = None) -> Path:
     displacement-field image (world mm, LPS) of the whole mapping on ``grid`` or the model's domain,
     computed in float64 and stored as float32 (as ANTs stores its warps: ~1e-7 relative, half the size
     and write time; SimpleITK's DisplacementFieldTransform wants ``sitk.ReadImage(p, sitk.sitkVectorFloat64)``)."""
-    from morphreg.image.image import Image
-    from morphreg.image.io import write_image
     from morphreg.transforms.itk import write_itk_transform
 
     path = Path(path)
