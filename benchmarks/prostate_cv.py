@@ -110,6 +110,8 @@ def main() -> None:
                     help="train each fold on this fraction of its training patients (a learning-curve point)")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
+    if not 0 < args.train_fraction <= 1:
+        sys.exit(f"--train-fraction {args.train_fraction}: give a fraction in (0, 1]")
     if not ROOT.exists():
         sys.exit(f"prostate data not found at {ROOT}")
     cases = pair_numbers("0-77")
@@ -119,8 +121,6 @@ def main() -> None:
         for k in pair_numbers(args.folds):
             run = args.runs / f"fold{k}"
             training = [c for c in cases if c not in parts[k]]
-            if not 0 < args.train_fraction <= 1:
-                sys.exit(f"--train-fraction {args.train_fraction}: give a fraction in (0, 1]")
             write_tables(run, patient_subset(training, args.train_fraction) if args.train_fraction < 1 else training,
                          parts[k])
             if args.ensemble:
