@@ -111,8 +111,13 @@ def test_resume_before_the_first_checkpoint_starts_again(run_2d):
     straight = Trainer(load_config(run_2d / "cfg.yaml"), run_2d / "straight")
     straight.fit()
     stopped = run_2d / "stopped"
-    Trainer(load_config(run_2d / "cfg.yaml"), stopped)  # writes config.yaml, no step taken
-    assert [p.name for p in stopped.iterdir()] == ["config.yaml"]
+
+    def stop(step, row):
+        raise KeyboardInterrupt  # at step 1: before the first checkpoint (every 3 steps)
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(load_config(run_2d / "cfg.yaml"), stopped).fit(stop)
+    assert sorted(p.name for p in stopped.iterdir()) == [".morphreg.json", "config.yaml"]
     with pytest.raises(MorphregError, match="not empty"):
         Trainer(load_config(run_2d / "cfg.yaml"), stopped)
     with pytest.raises(MorphregError, match="differs"):

@@ -124,7 +124,7 @@ def test_discarded_stage_and_identity_are_warned_on_console_and_in_report(tmp_pa
                           "--set", f"guard={json.dumps(guard)}", "--fixed-labels", ct_pair / "fixed_labels.nii.gz",
                           "--moving-labels", ct_pair / "moving_labels.nii.gz", "--report", "-q")
     assert code == 0, err
-    assert "stage 0 rigid: ncc, objective" in text and "discarded" in text
+    assert "stage 0 rigid: ncc + labels, objective" in text and "discarded" in text
     assert "warning: stage 0 (rigid) was discarded" in text and "warning: the result is the identity" in text
     assert "-> " + str(out) in text  # -q still says where the result went
     html = (out / "report.html").read_text(encoding="utf-8")

@@ -27,7 +27,7 @@ def train_cmd(
     from morphreg.learn.train import Trainer
 
     with flushed_denormals():  # from the start, so the intra-op threads inherit it
-        _train(Trainer(load_config(config, set_), output, resume), output, quiet)
+        _train(Trainer(load_config(config, set_), output, resume, config_file=config), output, quiet)
 
 
 def _train(trainer, output: Path, quiet: bool) -> None:
@@ -89,10 +89,22 @@ def ensemble_cmd(
 ) -> None:
     """Join trained models into one model file whose prediction averages theirs (fields, affine parameters and
     segmentation maps); use it with predict like any model. Costs one network pass per member."""
-    from morphreg.core.files import check_output_file
+    from morphreg.core.files import check_output_file, file_fingerprint
+    from morphreg.errors import MorphregError
     from morphreg.learn.model import save_ensemble
 
     check_output_file(output, models)
+    if len(models) < 2:
+        raise MorphregError("an ensemble joins two or more model files")
+    if output.suffix != ".pt":
+        raise MorphregError("an ensemble is a model file: give it the suffix .pt", output)
+    seen: dict[str, Path] = {}
+    for path in models:
+        digest = file_fingerprint(path)["sha256"] if path.is_file() else str(path)
+        if digest in seen:
+            raise MorphregError(f"the same model twice ({seen[digest]} and {path} hold one file): an ensemble of one "
+                                "model is that model", path)
+        seen[digest] = path
     save_ensemble(models, output)
     console.print(f"{len(models)} models -> {output}")
 

@@ -43,6 +43,8 @@ class TaskProgress:
         self.bar.advance(self.task)
         if record["status"] != "ok":
             self.bar.console.print(f"[red]{record.get('id') or record.get('image')}: {record['error']}[/red]")
+        elif record.get("note"):
+            self.bar.console.print(f"{record.get('id') or record.get('image')}: {record['note']}")
 
     def __enter__(self) -> TaskProgress:
         return self
@@ -73,12 +75,24 @@ def batch_cmd(
     overrides = parse_overrides(set_)
     with TaskProgress(quiet, "registering") as progress:
         report = run_batch(pairs, output, preset, overrides, scheduler, workers, threads_per_worker, label_channels,
-                           landmark_channels, seed, progress.start, progress.done)
+                           landmark_channels, seed, progress.start, progress.done, print_stale)
     skipped = sum(1 for r in report.rows if r.get("skipped"))
-    console.print(f"{len(report.rows)} rows: {len(report.rows) - len(report.failed) - skipped} registered, {skipped} "
-                  f"already done, {len(report.failed)} failed -> {output} ({report.seconds:.1f} s)")
+    recomputed = sum(1 for r in report.rows if r.get("recomputed"))
+    console.print(f"{len(report.rows)} rows: {len(report.rows) - len(report.failed) - skipped} registered"
+                  f"{f' ({recomputed} of them again)' if recomputed else ''}, {skipped} already done, "
+                  f"{len(report.failed)} failed -> {output} ({report.seconds:.1f} s)")
     if report.failed:
         raise typer.Exit(SOME_ROWS_FAILED)
+
+
+def print_stale(stale: dict[str, str]) -> None:
+    """One line per reason: which finished rows are recomputed, and why."""
+    by_reason: dict[str, list[str]] = {}
+    for row_id, reason in stale.items():
+        by_reason.setdefault(reason, []).append(row_id)
+    for reason, ids in by_reason.items():
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        console.print(f"[yellow]recomputing {len(ids)} finished row(s), {reason}: {shown}[/yellow]")
 
 
 def template_cmd(
@@ -142,7 +156,7 @@ def segment_cmd(
 ) -> None:
     """Multi-atlas segmentation: register every atlas to TARGET on Dask, warp its labels, fuse them."""
     from morphreg.core.files import check_output_file
-    from morphreg.population.segment import read_atlases, segment, segmentation_paths
+    from morphreg.population.segment import check_sidecars, read_atlases, segment, segmentation_paths
     from morphreg.population.fusion import FUSIONS
     from morphreg.register.presets import parse_overrides
 
@@ -152,6 +166,7 @@ def segment_cmd(
     inputs = [target, atlases] + [p for a in table for p in (a.image, a.labels)]
     for path in segmentation_paths(output).values():
         check_output_file(path, inputs)
+    check_sidecars(output)
     overrides = parse_overrides(set_)
     with TaskProgress(quiet, "atlases") as progress:
         result = segment(target, table, fusion, preset, overrides, modality, label_channels, scheduler, workers,

@@ -134,7 +134,7 @@ def set_threads(threads: int | None) -> None:
 def _stage_line(s: dict) -> str:
     """One console line per stage: method, similarity, objective start -> end, penalties, time."""
     seconds = sum(s.get("seconds", [0.0]) or [0.0])
-    sim = s.get("similarity") or ("landmarks" if s.get("model") == "tps" else "?")
+    sim = objective_name(s) if s.get("terms") else s.get("similarity") or ("landmarks" if s.get("model") == "tps" else "?")
     parts = [f"stage {s.get('index')} {s.get('model')}: {sim}"]
     start, end = s.get("initial_objective"), s.get("final_objective")
     if isinstance(start, (int, float)) and isinstance(end, (int, float)):
@@ -144,6 +144,13 @@ def _stage_line(s: dict) -> str:
         parts.append("penalty " + ", ".join(penalties))
     parts.append(f"{seconds:.1f} s")
     return "  " + ", ".join(parts) + ("  [red]discarded[/]" if s.get("diverged") else "")
+
+
+def objective_name(stage: dict) -> str:
+    """The terms a stage's final objective adds up (its record's ``terms``: "ncc + labels", "labels" for a
+    label-driven stage), else its similarity."""
+    terms = [stage.get("similarity") or "similarity" if name == "similarity" else name for name in stage.get("terms") or {}]
+    return " + ".join(terms) if terms else stage.get("similarity") or "?"
 
 
 def print_outcome(result, output: Path, report: bool) -> None:
@@ -158,7 +165,7 @@ def print_outcome(result, output: Path, report: bool) -> None:
     kept = [s for s in result.stages if not s.get("diverged")]
     last = kept[-1] if kept else None
     if last is not None and isinstance(result.final_metric, (int, float)):
-        final = f"final objective ({last.get('similarity', '?')}, lower is better) {result.final_metric:.5g}"
+        final = f"final objective ({objective_name(last)}, lower is better) {result.final_metric:.5g}"
     elif not result.stages and result.preset.startswith("learned"):
         final = f"the network's transform ({result.timings.get('network_s', 0.0):.2f} s)"
     else:

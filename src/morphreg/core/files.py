@@ -8,7 +8,10 @@ is complete, so a crash, an error or a signal leaves the previous state untouche
   ``.morphreg.json`` lists every file in it); any other non-empty folder is refused unless
   ``overwrite`` is given, and then only the files of the same name are replaced;
 - one run at a time writes an output folder (a lock beside it; a second run is refused at once);
-- outputs get the permissions the umask gives ordinary files (temporary files are created 0600).
+- outputs get the permissions the umask gives ordinary files (temporary files are created 0600);
+- a *run folder* (``batch``, ``train``, ``template``: filled step by step and continued by a rerun) is
+  used only when it is absent, empty or a run folder of the same command (its manifest says so); one
+  run at a time holds it, and in it morphreg replaces only the files its manifest lists.
 
 File-system failures (read-only folder, a parent that is a file, ...) become one-line
 :class:`MorphregError` messages naming the path.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -125,6 +129,7 @@ def atomic_path(path: str | Path, inputs: Iterable = ()) -> Iterator[Path]:
     SimpleITK, ANTs and elastix do), an existing folder is refused.
     """
     path = check_output_file(path, inputs)
+    _check_owned(path)
     with filesystem_errors(path):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{TEMP_TAG}", suffix=f".tmp{_suffixes(path)}", dir=path.parent)
     os.close(fd)
@@ -134,12 +139,29 @@ def atomic_path(path: str | Path, inputs: Iterable = ()) -> Iterator[Path]:
             yield tmp_path
             normal_permissions(tmp_path)
             os.replace(tmp_path, path)
-            _record_in_manifest(path)
+            record_in_manifest(path)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def _record_in_manifest(path: Path) -> None:
+def read_manifest(folder: str | Path) -> dict | None:
+    """The manifest of a morphreg folder (``{"written_by", "files", ["kind", "made_from"]}``), or None."""
+    try:
+        record = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("files"), list) else None
+
+
+def _check_owned(path: Path) -> None:
+    """In a run folder, an existing file is replaced only when its manifest lists it (morphreg wrote it)."""
+    manifest = read_manifest(path.parent)
+    if manifest and manifest.get("kind") and path.exists() and path.name not in manifest["files"]:
+        raise MorphregError(f"exists in a morphreg {manifest['kind']} folder but morphreg did not write it: move it "
+                            "away or choose another folder", path)
+
+
+def record_in_manifest(path: Path) -> None:
     """A file written into a result folder (``report -o OUT/report.html``, ``evaluate -o
     OUT/metrics.json``) joins its manifest, so that the folder is still recognised as morphreg's."""
     manifest = path.parent / MANIFEST
@@ -211,6 +233,9 @@ def _replace_mode(path: Path, overwrite: bool) -> str:
     entries = _entries(path)
     if not entries:
         return "new"
+    kind = (read_manifest(path) or {}).get("kind")
+    if kind:  # a batch / train / template folder is continued by its own command, never replaced by a result
+        raise MorphregError(f"output folder is a morphreg {kind} folder, not a result: choose another folder", path)
     written = _written_by_morphreg(path)
     if written is not None and entries <= written:
         return "replace"
@@ -292,9 +317,10 @@ def _remove_stale_temporaries(path: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def _write_manifest(folder: Path) -> None:
+def _write_manifest(folder: Path, made_from: dict | None = None) -> None:
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    (folder / MANIFEST).write_text(json.dumps({"written_by": "morphreg", "files": files}, indent=1), encoding="utf-8")
+    record = {"written_by": "morphreg", "files": files, **({"made_from": made_from} if made_from is not None else {})}
+    (folder / MANIFEST).write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
 def _normalise_permissions(folder: Path) -> None:
@@ -324,13 +350,15 @@ def _publish(tmp: Path, path: Path, mode: str) -> None:
 
 
 @contextlib.contextmanager
-def output_folder(path: str | Path, inputs: Iterable = (), overwrite: bool = False) -> Iterator[Path]:
+def output_folder(path: str | Path, inputs: Iterable = (), overwrite: bool = False,
+                  made_from: dict | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; when the block succeeds it becomes ``path``.
 
     Checked before the block runs (so a long computation is not wasted): ``path`` is not an input
     and holds none, it is absent, empty or a previous morphreg result (else refused unless
     ``overwrite``), and no other run writes it. A previous result is replaced only once the new one
     is complete; on an error or a signal nothing changes and the temporary folder is removed.
+    ``made_from`` (JSON): what the result was made from, kept in its manifest (``batch`` compares it on a rerun).
     """
     path = _absolute(path)
     if path.is_symlink():  # replace the folder it points to, not the link
@@ -352,10 +380,147 @@ def output_folder(path: str | Path, inputs: Iterable = (), overwrite: bool = Fal
         try:
             yield tmp
             with filesystem_errors(path):
-                _write_manifest(tmp)
+                _write_manifest(tmp, made_from)
                 _normalise_permissions(tmp)
                 with _signals_deferred():
                     _publish(tmp, path, _replace_mode(path, overwrite))  # again: the folder may have changed
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----- run folders: filled step by step by one long command and continued by its rerun -------------------
+class RunFolder:
+    """A folder that one ``kind`` of command (batch, train, template) fills as it goes; see :func:`run_folder`.
+    Files written with :func:`atomic_path` join its manifest; :meth:`record` adds others (appended logs,
+    folders)."""
+
+    def __init__(self, path: Path, kind: str):
+        self.path, self.kind = path, kind
+
+    def owns(self, name: str) -> bool:
+        """Whether the manifest lists ``name`` (a file or folder directly in this folder)."""
+        return name in (read_manifest(self.path) or {}).get("files", [])
+
+    def record(self, *names: str) -> None:
+        for name in names:
+            record_in_manifest(self.path / name)
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and TEMP_TAG in name and name.endswith((".tmp", "lock"))
+
+
+def _run_folder_state(path: Path, kind: str, inputs: list, files: Iterable[str], recognise) -> tuple[str, set[str]]:
+    """("new" | "continue" | "adopt", the entries to adopt): refuses a file, a folder of another kind, a
+    folder that is neither empty nor this kind's, one that holds an input morphreg did not write there
+    (a run's own saved config may be read back), and one where a file of ``files`` is somebody else's."""
+    if path.exists() and not path.is_dir():
+        raise MorphregError("output exists and is not a folder", path)
+    entries = {p.name for p in path.iterdir() if not _is_temporary(p.name)} if path.exists() else set()
+    manifest = read_manifest(path) if entries else None
+    adopted: set[str] = set()
+    if not entries - {MANIFEST} and (manifest is None or manifest.get("kind") in (None, kind)):
+        state = "new"
+    elif manifest is not None and manifest.get("kind") == kind:
+        state = "continue"
+    elif manifest is not None:
+        other = manifest.get("kind") or "registration result"
+        raise MorphregError(f"output folder holds a morphreg {other}, not a {kind} run: choose another folder", path)
+    elif recognise is not None and (found := recognise(path)) is not None:  # a run of an earlier version
+        state, adopted = "adopt", set(found)
+    else:
+        foreign = sorted(entries)
+        raise MorphregError(f"output folder is not empty and not a morphreg {kind} folder ({len(foreign)} entries, e.g. "
+                            f"{foreign[0]!r}): morphreg never writes among files it did not write; choose another folder",
+                            path)
+    owned = adopted | set((manifest or {}).get("files", []))
+    check_not_input(path, [i for i in inputs if not _owned_input(path, i, owned)])
+    for name in files:
+        if state == "continue" and (path / name).exists() and name not in owned:
+            raise MorphregError(f"a {kind} run writes {name} but this one here was not written by morphreg: move it away",
+                                path)
+    return state, adopted
+
+
+def check_run_folder(path: str | Path, kind: str, inputs: Iterable = (), files: Iterable[str] = (),
+                     recognise=None) -> str:
+    """"new" (absent or empty), "continue" (a ``kind`` folder) or "adopt" (one of an earlier version): the
+    checks of :func:`run_folder` without holding or writing anything (the one-line refusals are its)."""
+    path = _absolute(path)
+    return _run_folder_state(Path(os.path.realpath(path)) if path.is_symlink() else path, kind, list(inputs),
+                            list(files), recognise)[0]
+
+
+def _owned_input(folder: Path, item, owned: set[str]) -> bool:
+    if not isinstance(item, (str, Path)):
+        return False
+    src = Path(item).resolve()
+    return src.parent == folder.resolve() and src.name in owned
+
+
+@contextlib.contextmanager
+def run_folder(path: str | Path, kind: str, inputs: Iterable = (), files: Iterable[str] = (),
+               recognise=None) -> Iterator[RunFolder]:
+    """Hold the run folder ``path`` of a ``kind`` command for the block (see the module doc).
+
+    ``path`` must be absent, empty or a ``kind`` folder (``recognise(path)``, when given, returns the
+    entries of a folder an earlier version wrote without a manifest, or None); it must not hold an
+    ``inputs`` file unless that file is the folder's own; the names in ``files`` (what the run writes
+    at fixed names) must be absent or its own. A second run into the folder is refused at once. Created
+    folders get a manifest at once (a killed run leaves a folder its rerun recognises); a run that
+    fails leaving nothing but the manifest removes the folder it created.
+    """
+    path = _absolute(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    inputs, files = list(inputs), list(files)
+    _check_parent(path)
+    with filesystem_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    _run_folder_state(path, kind, inputs, files, recognise)  # before the lock: a clear refusal first
+    with _folder_lock(path):
+        state, adopted = _run_folder_state(path, kind, inputs, files, recognise)  # again: it may have changed
+        created = not path.exists()
+        if state != "continue":
+            with filesystem_errors(path):
+                path.mkdir(exist_ok=True)
+                if created:
+                    normal_permissions(path, directory=True)
+                record = {"written_by": "morphreg", "kind": kind, "files": sorted(adopted)}
+                fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.{TEMP_TAG}", suffix=".tmp", dir=path)
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump(record, f, indent=1)
+                normal_permissions(Path(tmp))
+                os.replace(tmp, path / MANIFEST)
+        try:
+            yield RunFolder(path, kind)
+        except BaseException:
+            if created and path.is_dir() and {p.name for p in path.iterdir()} <= {MANIFEST}:
+                shutil.rmtree(path, ignore_errors=True)  # nothing was done: leave no empty folder behind
+            raise
+
+
+# ----- what a result was made from ----------------------------------------------------------------------
+def file_fingerprint(path: str | Path) -> dict:
+    """``{"path", "size", "mtime_ns", "sha256"}`` of a file (read once, in 1 MiB blocks)."""
+    path = Path(path).resolve()
+    digest = hashlib.sha256()
+    with filesystem_errors(path), open(path, "rb") as f:
+        stat = os.fstat(f.fileno())
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
+def unchanged(fingerprint: dict, path: str | Path) -> bool:
+    """Whether ``path`` is the file of ``fingerprint`` with the same content: the same path and size, and
+    the same modification time or (when that changed, e.g. a copy or a touch) the same sha256."""
+    path = Path(path).resolve()
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    if str(path) != fingerprint.get("path") or stat.st_size != fingerprint.get("size"):
+        return False
+    return stat.st_mtime_ns == fingerprint.get("mtime_ns") or file_fingerprint(path)["sha256"] == fingerprint.get("sha256")

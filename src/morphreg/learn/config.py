@@ -168,6 +168,7 @@ def _build(cls, values: dict, where: str):
 def apply_sets(values: dict, items: list[str] | None) -> dict:
     """``--set section.key=VALUE`` items (VALUE is YAML) applied to the raw config mapping."""
     import yaml
+    from morphreg.core.yaml_values import load_yaml
 
     if not isinstance(values, dict):
         raise MorphregError(f"the config must be a mapping of sections (data, model, loss, train), not {type(values).__name__}")
@@ -177,7 +178,7 @@ def apply_sets(values: dict, items: list[str] | None) -> dict:
         if not sep or len(parts) < 2:
             raise MorphregError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.steps=500")
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
         except yaml.YAMLError as exc:
             raise MorphregError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
         node = values
@@ -193,12 +194,13 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None, b
     """The validated config of a YAML file (or the defaults) with ``--set`` items applied. Relative data
     paths are made absolute against the config file's folder (or ``base``)."""
     import yaml
+    from morphreg.core.yaml_values import load_yaml
 
     values: dict = {}
     if path is not None:
         path = Path(path)
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            values = load_yaml(path.read_text(encoding="utf-8")) or {}
         except OSError as exc:
             raise MorphregError(f"cannot read the config ({exc.strerror or exc})", path) from None
         except yaml.YAMLError as exc:
@@ -217,6 +219,7 @@ def load_config(path: str | Path | None = None, sets: list[str] | None = None, b
 
 
 def _check_meaning(config: RunConfig, path) -> None:
+    from morphreg.core.devices import device_name_problem
     from morphreg.learn.model import FIELD_KINDS, NETWORKS, size_multiple, structure_problems
     from morphreg.metrics import SIMILARITIES
     from morphreg.regularizers.penalties import PENALTIES
@@ -259,6 +262,8 @@ def _check_meaning(config: RunConfig, path) -> None:
                         "(or rotation_deg, scale, shift_mm)")
     if t.steps < 1 or t.batch_size < 1 or t.lr <= 0 or t.checkpoint_every < 1 or t.validate_every < 1:
         problems.append("train.steps, batch_size, checkpoint_every, validate_every must be >= 1 and train.lr > 0")
+    if device_name_problem(t.device, "train.device"):
+        problems.append(device_name_problem(t.device, "train.device"))
     if t.lr_schedule not in ("constant", "cosine"):
         problems.append(f"train.lr_schedule must be constant or cosine, not {t.lr_schedule!r}")
     if len(m.percentiles) != 2 or not 0 <= m.percentiles[0] < m.percentiles[1] <= 100:

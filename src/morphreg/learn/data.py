@@ -55,8 +55,21 @@ class PairFiles(Dataset):
     when indexed (files are read once per process)."""
 
     def __init__(self, rows: str | list[dict[str, str]], space: ModelSpace, label_channels: str | None = None):
+        self.table = rows if isinstance(rows, str) else None  # pair k is row k + 1 of a table of pairs
         self.rows = pair_rows("pairs", rows) if isinstance(rows, str) else rows
         self.space, self.label_channels = space, label_channels
+
+    def _read(self, index: int, column: str, labels: bool):
+        """The image of one column of pair ``index``, refused (naming the file, and the row of a table) unless
+        it has the model's dimension."""
+        from morphreg.errors import MorphregError
+
+        image = _read(self.rows[index][column], labels)
+        if image.dim != self.space.dim:
+            where = f"row {index + 1} of {self.table}, " if self.table else ""
+            raise MorphregError(f"a {image.dim}D image ({where}column {column}) for a {self.space.dim}D model (model.dim)",
+                                self.rows[index][column])
+        return image
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -65,11 +78,11 @@ class PairFiles(Dataset):
         from morphreg.register.inputs import one_hot_labels, select_label_channels
 
         paths = self.rows[index]
-        fixed = _read(paths["fixed"], False)
+        fixed = self._read(index, "fixed", False)
         grid = self.space.grid_for(fixed.grid)
-        item = {"fixed": self.space.prepare(fixed, grid), "moving": self.space.prepare(_read(paths["moving"], False), grid)}
+        item = {"fixed": self.space.prepare(fixed, grid), "moving": self.space.prepare(self._read(index, "moving", False), grid)}
         if "fixed_labels" in paths and "moving_labels" in paths:
-            fl, ml = (_read(paths[k], True) for k in ("fixed_labels", "moving_labels"))
+            fl, ml = (self._read(index, k, True) for k in ("fixed_labels", "moving_labels"))
             if self.label_channels is not None:
                 fl, ml = select_label_channels(fl, self.label_channels), select_label_channels(ml, self.label_channels)
             fl, ml = one_hot_labels(fl, ml)
@@ -77,7 +90,7 @@ class PairFiles(Dataset):
             item["moving_labels"] = self.space.prepare(ml, grid, labels=True)
         for key in ("fixed_mask", "rigidity_mask"):
             if key in paths:
-                item[key] = (self.space.prepare(_read(paths[key], True), grid, labels=True) > 0.5).float()
+                item[key] = (self.space.prepare(self._read(index, key, True), grid, labels=True) > 0.5).float()
         return item
 
 

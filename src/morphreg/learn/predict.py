@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from morphreg.core.devices import checked_device
 from morphreg.core.numerics import flushed_denormals
 from morphreg.errors import MorphregError
 from morphreg.learn.model import load_model
@@ -65,11 +66,13 @@ def predict(model: str | Path, fixed, moving, instance_steps: int = 0, device: s
     ``instance_steps`` > 0 the network's transform is refined by that many classical iterations."""
     from morphreg.register import register
     from morphreg.register.api import build_result
+    from morphreg.image.sampling import sample_onto
     from morphreg.register.inputs import intensity_image, load_image
 
     t0 = time.perf_counter()
     if instance_steps < 0:
         raise MorphregError(f"--instance-optimization must be >= 0, not {instance_steps}")
+    checked_device(device, "--device")
     net, card = load_model(resolve_model(model), device)
     fixed_path = str(fixed) if isinstance(fixed, (str, Path)) else None
     moving_path = str(moving) if isinstance(moving, (str, Path)) else None
@@ -84,7 +87,11 @@ def predict(model: str | Path, fixed, moving, instance_steps: int = 0, device: s
     t_net = time.perf_counter() - t0 - t_io
     stage, labels, notes, empty = None, {}, [], []
     if segmenting:
-        fixed_seg, moving_seg = (s.with_data((s.data > 0.5).to(torch.uint8)) for s in segmentations)
+        # On the images' own grids (nearest neighbour, world mm): they are the network's, not the user's files,
+        # so the stage has no "labels on another grid" to say.
+        fixed_seg, moving_seg = (sample_onto(s.with_data((s.data > 0.5).to(torch.uint8)), image.grid, interpolation="nearest",
+                                             name=f"the network's segmentation of the {side} image")
+                                 for s, image, side in zip(segmentations, (fixed, moving), ("fixed", "moving")))
         empty = [side for side, seg in (("fixed", fixed_seg), ("moving", moving_seg)) if not seg.data.any()]
     if segmenting and instance_steps:
         if empty:  # nothing for the label-driven stage to align: keep the network's transform, and say so

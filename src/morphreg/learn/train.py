@@ -13,9 +13,15 @@ Exact resume: the batch of step s is drawn from a permutation seeded by (seed, e
 else is random, and the checkpoint holds the weights, Adam's moments and the scheduler; so
 ``--resume`` continues with the same next batch and the same losses as an uninterrupted run (a test
 checks the weights bitwise). Rows of metrics.csv written after the last checkpoint are dropped.
+
+The run folder is a run folder of :func:`morphreg.core.files.run_folder`: new or empty for a new run,
+a train run for ``--resume``, never a folder holding the config or the images, held by one run at a
+time (taken when :meth:`Trainer.fit` starts). ``--resume`` without ``checkpoint.pt`` starts again
+from step 0 only when the run never reached a checkpoint (no ``model.pt``); else it is refused.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import math
@@ -28,7 +34,8 @@ import torch
 from torch.nn import functional as F
 
 from morphreg.core.differences import mapping_jacobian_determinant
-from morphreg.core.files import atomic_path
+from morphreg.core.devices import checked_device
+from morphreg.core.files import atomic_path, check_run_folder, normal_permissions, record_in_manifest, run_folder
 from morphreg.core.numerics import flushed_denormals
 from morphreg.core.sampling import sample
 from morphreg.errors import MorphregError
@@ -42,6 +49,34 @@ from morphreg.learn.networks import average_pool, grid_gradients
 from morphreg.optim.terms import PenaltyTerm, StageLoss, loss_terms, total
 
 STATE_FILE = "checkpoint.pt"
+RUN_FILES = ("config.yaml", "metrics.csv", STATE_FILE, "model.pt", "loss_curve.png", "tensorboard")
+
+
+def training_inputs(config: RunConfig, config_file: str | Path | None = None) -> list[str]:
+    """Every file a run reads: the config file, the data tables and the images they name."""
+    d = config.data
+    tables = [t for t in (d.pairs, d.val_pairs, d.images) if t]
+    rows = [row for t in tables for row in pair_rows("pairs" if t != d.images else "unpaired", t)] if tables else []
+    files = {*(str(v) for v in (config_file, *tables, d.atlas, d.atlas_labels) if v),
+             *(p for row in rows for p in row.values())}
+    return sorted(files)
+
+
+def earlier_run_folder(folder: Path) -> set[str] | None:
+    """The files of a run folder written before run folders had a manifest (only the run's own files, and
+    its config.yaml as morphreg writes it), or None."""
+    import yaml
+
+    names = {p.name for p in folder.iterdir()}
+    if "config.yaml" not in names or not names <= set(RUN_FILES):
+        return None
+    try:
+        text = (folder / "config.yaml").read_text(encoding="utf-8")
+        if text != yaml.safe_dump(load_config(folder / "config.yaml", base=Path("/")).to_dict(), sort_keys=False):
+            return None  # a config a person wrote (comments, other order): not a run's own copy
+    except (MorphregError, OSError):
+        return None
+    return names
 
 
 def _tensorboard(folder: Path):
@@ -234,15 +269,13 @@ class Trainer:
     its own slice, DDP averages the gradients, so 2 processes x batch 1 follow 1 process x batch 2.
     Only process 0 writes the run folder."""
 
-    def __init__(self, config: RunConfig, run: str | Path, resume: bool = False):
-        self.config, self.run = config, Path(run)
+    def __init__(self, config: RunConfig, run: str | Path, resume: bool = False, config_file: str | Path | None = None):
+        self.config, self.run, self.resume = config, Path(run), resume
         t = config.train
-        if str(t.device).startswith("cuda") and not torch.cuda.is_available():
-            raise MorphregError("train.device is cuda but no CUDA device is available")
+        device = checked_device(t.device, "train.device")
         if t.threads:
             torch.set_num_threads(t.threads)
         self.rank, self.world = _start_distributed(t.device)
-        device = torch.device(t.device)
         if device.type == "cuda" and self.world > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.device = device
@@ -273,8 +306,13 @@ class Trainer:
                                    space, data.label_channels)
         self.val_pairs = load_pairs(data.val_pairs, space, data.label_channels, data.workers) if data.val_pairs else []
         self._check_pairs()
-        self._prepare_folder(resume)
-        self.board = _tensorboard(self.run / "tensorboard") if self.rank == 0 else None
+        self.inputs = training_inputs(config, config_file)
+        self._check_folder()  # before fit() holds the folder, so that the step of a resumed run is known
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # every process has checked the folder before process 0 writes into it
+        self.board = None
 
     def _check_pairs(self) -> None:
         """What the loss and the batches need of the pairs, said in one line before any work."""
@@ -324,35 +362,55 @@ class Trainer:
         return [int(order[(k * size + j) % n]) for j in range(size)]
 
     # ----- folder, checkpoints ------------------------------------------------------------------------------
-    def _prepare_folder(self, resume: bool) -> None:
+    def _check_folder(self) -> None:
+        """What the folder must be for this run (see the module doc); a resumed run's checkpoint is loaded."""
+        state = check_run_folder(self.run, "train", self.inputs, RUN_FILES, earlier_run_folder)
+        saved = self.run / "config.yaml"
+        if not self.resume:
+            if state != "new":
+                raise MorphregError("the run folder is not empty: use --resume to continue it, or another folder", self.run)
+            return
+        if state == "new" or not saved.is_file():
+            raise MorphregError("nothing to resume: no config.yaml in the run folder", self.run)
+        before = load_config(saved, base=Path("/")).to_dict()
+        now = self.config.to_dict()
+        if self.config.train.lr_schedule == "constant":  # a constant rate allows a longer run
+            before["train"]["steps"] = now["train"]["steps"]
+        if before != now:
+            key = next((f"{s}.{k}" for s in now for k in now[s] if now[s][k] != before.get(s, {}).get(k)), "a key")
+            raise MorphregError(f"--resume with another config ({key} differs from the run's config.yaml; "
+                                "train.steps may change only with lr_schedule constant)", self.run)
+        if (self.run / STATE_FILE).is_file():
+            self._load_checkpoint()
+        elif (self.run / "model.pt").is_file():  # it reached a checkpoint: from step 0 would replace its work
+            raise MorphregError("cannot resume: checkpoint.pt is missing but the run has reached a checkpoint (model.pt is "
+                                "here); put checkpoint.pt back, or train into another folder", self.run)
+        else:  # stopped before its first checkpoint: from step 0, the same run
+            self.step, self.best, self.bad_validations = 0, math.inf, 0
+
+    def _start_run(self, folder) -> None:
+        """Under the held folder: checked again (another run may have written it meanwhile), the metrics after
+        the checkpoint dropped, the config saved."""
         import yaml
 
-        saved = self.run / "config.yaml"
-        if resume:
-            if not saved.is_file():
-                raise MorphregError("nothing to resume: no config.yaml in the run folder", self.run)
-            before = load_config(saved, base=Path("/")).to_dict()
-            now = self.config.to_dict()
-            if self.config.train.lr_schedule == "constant":  # a constant rate allows a longer run
-                before["train"]["steps"] = now["train"]["steps"]
-            if before != now:
-                key = next((f"{s}.{k}" for s in now for k in now[s] if now[s][k] != before.get(s, {}).get(k)), "a key")
-                raise MorphregError(f"--resume with another config ({key} differs from the run's config.yaml; "
-                                    "train.steps may change only with lr_schedule constant)", self.run)
-            if (self.run / STATE_FILE).is_file():  # none when it stopped before its first checkpoint: from step 0
-                self._load_checkpoint()
-            if self.rank == 0:
-                self._truncate_metrics()
-        elif self.run.exists() and any(self.run.iterdir()):
-            raise MorphregError("the run folder is not empty: use --resume to continue it, or another folder", self.run)
+        if self.rank == 0:
+            self._check_folder()
+            self._truncate_metrics()
+            with atomic_path(self.run / "config.yaml") as tmp:
+                tmp.write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False), encoding="utf-8")
+            self.board = _tensorboard(self.run / "tensorboard")
+            if self.board is not None:
+                folder.record("tensorboard")
         if self.world > 1:
             import torch.distributed as dist
 
-            dist.barrier()  # every process has checked the folder before process 0 writes into it
-        if self.rank == 0:
-            self.run.mkdir(parents=True, exist_ok=True)
-            with atomic_path(saved) as tmp:
-                tmp.write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False), encoding="utf-8")
+            dist.barrier()  # process 0 holds and has prepared the folder before any process trains
+
+    def _held_folder(self):
+        """The run folder held by process 0 for the whole training (see :func:`run_folder`)."""
+        if self.rank:
+            return contextlib.nullcontext(None)
+        return run_folder(self.run, "train", self.inputs, RUN_FILES, earlier_run_folder)
 
     def _load_checkpoint(self) -> None:
         try:
@@ -403,11 +461,20 @@ class Trainer:
             if new:
                 writer.writeheader()
             writer.writerows(rows)
+        if new:
+            normal_permissions(path)
+            record_in_manifest(path)
 
     # ----- the loop ---------------------------------------------------------------------------------------
     @flushed_denormals()  # a trained map's saturated sigmoid makes denormals: 4x slower steps on CPU without
     def fit(self, on_step=None) -> TrainReport:
-        """Train until ``train.steps`` (or early stopping); ``on_step(step, row)`` after every step."""
+        """Train until ``train.steps`` (or early stopping); ``on_step(step, row)`` after every step. The run
+        folder is held meanwhile (a second run into it is refused)."""
+        with self._held_folder() as folder:
+            self._start_run(folder)
+            return self._train(on_step)
+
+    def _train(self, on_step) -> TrainReport:
         t = self.config.train
         t0 = time.perf_counter()
         rows: list[dict] = []

@@ -9,6 +9,9 @@ paths, so every worker must see the same file system (as on a cluster's shared d
 from __future__ import annotations
 
 import contextlib
+import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -48,14 +51,33 @@ def lost_record(key: str, value: str, exc: Exception) -> dict:
 
 
 @contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Worker processes started in this block ignore SIGINT. Ctrl-C goes to the whole process group: this
+    process closes the cluster cleanly, and workers that took it too would each print a KeyboardInterrupt
+    traceback. (An ignored signal stays ignored in a child, and Python installs its own SIGINT handler only
+    where the parent has not changed it; a Ctrl-C during the start-up itself is lost.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def dask_client(scheduler: str = "local", workers: int = 1) -> Iterator:
     """A ``dask.distributed.Client``: a new LocalCluster (closed on exit) or a running scheduler's."""
     from dask.distributed import Client, LocalCluster
 
     cluster = None
     if scheduler == "local":
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=40)
+        # Logs at CRITICAL only: a task's failure is its record's one line, and a cluster closed by Ctrl-C
+        # would print its workers' heartbeat tracebacks at ERROR.
+        with _workers_ignore_ctrl_c():
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                   silence_logs=logging.CRITICAL)
         client = Client(cluster)
     elif not scheduler.startswith(ADDRESS_SCHEMES):
         raise MorphregError(f"--scheduler: 'local' or an address such as tcp://host:8786, not {scheduler!r}")
@@ -83,19 +105,41 @@ def as_finished(client, task: Callable, items: Iterable, *args, name: str = "mor
     A task that raises (normally tasks record their own errors) or whose worker died (killed, out of
     memory) yields ``on_lost(item, exc)`` as its outcome, so one lost task never stops the others.
     """
+    for _, item, outcome in _finished(client, task, list(items), args, name, on_lost):
+        yield item, outcome
+
+
+def in_submission_order(client, task: Callable, items: Iterable, *args, name: str = "morphreg",
+                        on_lost: Callable | None = None, on_finished: Callable | None = None) -> Iterator[tuple[object, object]]:
+    """:func:`as_finished`, but yielding in the order of ``items`` (a sum over the outcomes is then the
+    same whichever worker finishes first: float addition is not associative); ``on_finished(item,
+    outcome)`` is called as each one finishes (progress). Holds the outcomes that finish early."""
+    waiting: dict[int, tuple[object, object]] = {}
+    following = 0
+    for i, item, outcome in _finished(client, task, list(items), args, name, on_lost):
+        if on_finished is not None:
+            on_finished(item, outcome)
+        waiting[i] = (item, outcome)
+        while following in waiting:
+            yield waiting.pop(following)
+            following += 1
+
+
+def _finished(client, task: Callable, items: list, args: tuple, name: str,
+              on_lost: Callable | None) -> Iterator[tuple[int, object, object]]:
+    """(index, item, outcome) as each task finishes (see :func:`as_finished`)."""
     from dask.distributed import as_completed
 
-    items = list(items)
     stamp = time.time_ns()  # unique keys: a rerun never gets a cached result of an earlier run
     futures = [client.submit(task, item, *args, pure=False, key=f"{name}-{i}-{stamp}") for i, item in enumerate(items)]
-    by_key = {f.key: item for f, item in zip(futures, items)}
+    by_key = {f.key: i for i, f in enumerate(futures)}
     for future in as_completed(futures):
-        item = by_key[future.key]
+        i = by_key[future.key]
         try:
             outcome = future.result()
         except Exception as exc:  # noqa: BLE001 - a lost worker or a bug in one task: that item failed
             if on_lost is None:
                 raise
-            outcome = on_lost(item, exc)
+            outcome = on_lost(items[i], exc)
         future.release()  # results can be large (fields): do not keep them on the workers
-        yield item, outcome
+        yield i, items[i], outcome

@@ -56,8 +56,16 @@ def register_atlas(atlas: Atlas, target: str, preset: str = "default", overrides
         from morphreg.register import register
         from morphreg.transforms.warp import warp
 
-        labels = label_map(read_image(atlas.labels, labels=True), label_channels)
-        result = register(target, atlas.image, preset, modality=modality, seed=seed, **(overrides or {}))
+        image, labels = read_image(atlas.image), read_image(atlas.labels, labels=True)
+        target_dim = read_image(target).dim
+        for path, item in ((atlas.image, image), (atlas.labels, labels)):
+            if item.dim != target_dim:
+                raise MorphregError(f"a {item.dim}D atlas file for a {target_dim}D target", path)
+        if labels.grid != image.grid:  # fine in world mm, but the user should know
+            record["note"] = (f"labels {Path(atlas.labels).name} lie on another grid than the atlas image; warped from "
+                              "their own grid (world mm, label interpolation)")
+        labels = label_map(labels, label_channels)
+        result = register(target, image, preset, modality=modality, seed=seed, **(overrides or {}))
         warped = warp(labels, result.transform, result.fixed.grid, "label")
         weights = local_weights(result.fixed, result.warped)
         if weighted:
@@ -92,9 +100,11 @@ class Segmentation:
         from morphreg.image.io import write_image
 
         paths = segmentation_paths(path)
+        check_sidecars(path)
         write_image(self.confidence, paths["confidence"], inputs=inputs)
         with atomic_path(paths["record"], inputs) as tmp:
-            record = {"fusion": self.fusion, "seconds": self.seconds, "failed": len(self.failed), "atlases": self.atlases}
+            record = {"written_by": "morphreg segment", "files": [p.name for p in paths.values()], "fusion": self.fusion,
+                      "seconds": self.seconds, "failed": len(self.failed), "atlases": self.atlases}
             tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
         write_image(self.labels, paths["labels"], inputs=inputs)
         return paths
@@ -108,6 +118,22 @@ def segmentation_paths(path: str | Path) -> dict[str, Path]:
     stem = image_stem(path)
     return {"labels": path, "confidence": path.with_name(f"{stem}_confidence{path.name[len(stem):]}"),
             "record": path.with_name(f"{stem}.json")}
+
+
+def check_sidecars(path: str | Path) -> None:
+    """The files that ``segment -o PATH`` writes beside PATH without being named (``<name>_confidence``,
+    ``<name>.json``) are replaced only when an earlier segmentation wrote them (its record names them)."""
+    paths = segmentation_paths(path)
+    try:
+        record = json.loads(paths["record"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    ours = isinstance(record, dict) and "atlases" in record and "fusion" in record  # earlier versions: no "files"
+    named = set(record.get("files", [p.name for p in paths.values()])) if ours else set()
+    for key in ("confidence", "record"):
+        if paths[key].exists() and paths[key].name not in named:
+            raise MorphregError(f"segment writes {paths[key].name} beside its output, and the one there was not written "
+                                "by morphreg: move it away or choose another output name", paths[key])
 
 
 def segment(target: str | Path, atlases: str | Path | list[Atlas], fusion: str = "majority", preset: str = "default",

@@ -16,7 +16,10 @@ Guimond et al. (CVIU 2000):
 Files beside the output, in ``<name>_iterations/``: ``template_00`` (the start) ... ``template_K``,
 ``convergence.csv`` (per iteration: mean and largest |d| in mm, mean |d_k| over subjects, relative
 intensity change of the template, registrations ok / failed, seconds) and ``template.json``. A rerun
-with the same images and settings continues after the last finished iteration.
+with the same images and settings continues after the last finished iteration. The folder is a run
+folder (:func:`morphreg.core.files.run_folder`: one run at a time, never among files morphreg did not
+write), and the averages add the images in list order whichever worker finishes first, so that two
+runs give bitwise the same template with any number of workers.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ import torch
 
 from morphreg.errors import MorphregError
 from morphreg.image.image import Image
-from morphreg.population.cluster import as_finished, dask_client, dashboard, lost_record, recorded, set_threads
+from morphreg.population.cluster import dask_client, dashboard, in_submission_order, lost_record, recorded, set_threads
 
 CONVERGENCE_COLUMNS = ("iteration", "mean_update_mm", "max_update_mm", "mean_subject_displacement_mm",
                        "template_change", "registered", "failed", "seconds")
@@ -136,9 +139,6 @@ def _resume(work: Path, settings: TemplateSettings) -> list[dict]:
     """Convergence rows of the finished iterations of an earlier run with the same settings."""
     state_file = work / "template.json"
     if not state_file.is_file():
-        if work.exists() and any(work.iterdir()):
-            raise MorphregError("this folder holds files that are not a template run: remove it or choose another "
-                                "output name", work)
         return []
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
@@ -153,6 +153,17 @@ def _resume(work: Path, settings: TemplateSettings) -> list[dict]:
             break
         rows.append(row)
     return rows
+
+
+def _earlier_template_folder(work: Path) -> set[str] | None:
+    """The files of a template folder written before template folders had a manifest (its template.json, the
+    templates and convergence.csv and nothing else), or None."""
+    names = {p.name for p in work.iterdir()}
+    ours = {n for n in names if n in STATE_FILES or (n.startswith("template_") and n.endswith(".nii.gz"))}
+    return ours if "template.json" in names and ours == names else None
+
+
+STATE_FILES = ("template.json", "convergence.csv")
 
 
 def _save_state(work: Path, settings: TemplateSettings, rows: list[dict]) -> None:
@@ -178,7 +189,7 @@ def build_template(images: list[str | Path], output: str | Path, iterations: int
     that iteration's averages; more than half failing stops the run. Hooks: ``on_start(n_registrations,
     dashboard)``, ``on_image(record)``, ``on_iteration(row)``.
     """
-    from morphreg.core.files import check_output_file
+    from morphreg.core.files import check_output_file, run_folder
     from morphreg.image.io import image_stem, read_image, write_image
     from morphreg.register.api import resolve_stages
 
@@ -193,29 +204,31 @@ def build_template(images: list[str | Path], output: str | Path, iterations: int
     work = output.with_name(f"{stem}_iterations")
     settings = TemplateSettings(images, preset, overrides, modality, float(step), int(seed),
                                 str(Path(initial).resolve()) if initial else None)
-    rows = _resume(work, settings)
-    work.mkdir(parents=True, exist_ok=True)
-    if not rows and not _template_path(work, 0).is_file():
-        start = read_image(initial) if initial else initial_template(images)
-        write_image(Image(start.data[:1].float(), start.grid, name="template"), _template_path(work, 0))
-        _save_state(work, settings, rows)
-    t0 = time.perf_counter()
-    failed: list[dict] = []
-    link = None
-    todo = range(len(rows) + 1, iterations + 1)
-    if len(todo):
-        with dask_client(scheduler, workers) as client:
-            link = dashboard(client)
-            if on_start is not None:
-                on_start(len(todo) * len(images), link)
-            for iteration in todo:
-                row, lost = _iteration(client, work, iteration, settings, threads_per_worker, on_image)
-                failed += lost
-                rows.append(row)
-                _save_state(work, settings, rows)
-                if on_iteration is not None:
-                    on_iteration(row)
-    final = read_image(_template_path(work, min(iterations, len(rows))))
+    inputs = images + ([settings.initial] if initial else [])
+    files = [*STATE_FILES, *(_template_path(work, i).name for i in range(iterations + 1))]
+    with run_folder(work, "template", inputs, files, recognise=_earlier_template_folder):
+        rows = _resume(work, settings)
+        if not rows and not _template_path(work, 0).is_file():
+            start = read_image(initial) if initial else initial_template(images)
+            write_image(Image(start.data[:1].float(), start.grid, name="template"), _template_path(work, 0))
+            _save_state(work, settings, rows)
+        t0 = time.perf_counter()
+        failed: list[dict] = []
+        link = None
+        todo = range(len(rows) + 1, iterations + 1)
+        if len(todo):
+            with dask_client(scheduler, workers) as client:
+                link = dashboard(client)
+                if on_start is not None:
+                    on_start(len(todo) * len(images), link)
+                for iteration in todo:
+                    row, lost = _iteration(client, work, iteration, settings, threads_per_worker, on_image)
+                    failed += lost
+                    rows.append(row)
+                    _save_state(work, settings, rows)
+                    if on_iteration is not None:
+                        on_iteration(row)
+        final = read_image(_template_path(work, min(iterations, len(rows))))
     write_image(Image(final.data, final.grid, name="template"), output, inputs=images)  # in the output's format
     return TemplateReport(output, work, rows[:iterations], failed, link, time.perf_counter() - t0)
 
@@ -230,9 +243,11 @@ def _iteration(client, work: Path, iteration: int, settings: TemplateSettings, t
     warped_sum = torch.zeros(previous.grid.shape)
     displacement_sum = torch.zeros((previous.dim,) + previous.grid.shape)
     subject_mm, failed = [], []
-    for _, rec in as_finished(client, register_to_template, settings.images, str(_template_path(work, iteration - 1)),
-                              settings.preset, settings.overrides, settings.modality, threads, settings.seed,
-                              name=f"morphreg-template-{iteration}", on_lost=lambda image, exc: lost_record("image", image, exc)):
+    on_finished = (lambda image, rec: on_image(rec)) if on_image is not None else None
+    for _, rec in in_submission_order(client, register_to_template, settings.images,
+                                      str(_template_path(work, iteration - 1)), settings.preset, settings.overrides,
+                                      settings.modality, threads, settings.seed, name=f"morphreg-template-{iteration}",
+                                      on_lost=lambda image, exc: lost_record("image", image, exc), on_finished=on_finished):
         if rec["status"] == "ok":
             warped_sum += _normalised(torch.from_numpy(rec.pop("warped")))
             displacement = torch.from_numpy(rec.pop("displacement"))
@@ -240,8 +255,6 @@ def _iteration(client, work: Path, iteration: int, settings: TemplateSettings, t
             subject_mm.append(float(displacement.norm(dim=0).mean()))
         else:
             failed.append({"iteration": iteration, **rec})
-        if on_image is not None:
-            on_image(rec)
     n_ok = len(subject_mm)
     if n_ok < max(1, len(settings.images) / 2):
         first = failed[0]["error"] if failed else "no image registered"

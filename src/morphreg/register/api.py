@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from morphreg.core.devices import checked_device
 from morphreg.errors import MorphregError
 from morphreg.evaluate.warnings import merge_warnings, quality_warnings, stage_warnings
 from morphreg.image.image import Image
@@ -99,10 +100,7 @@ def register(
         moving image, the metric trace and time per level, and the resolved parameters.
     """
     t_start = time.perf_counter()
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise MorphregError(f"unknown device {device!r} (cpu or cuda)")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise MorphregError("device 'cuda' requested but no CUDA device is available")
+    checked_device(device, "device")
     fixed_path = str(fixed) if isinstance(fixed, (str, Path)) else getattr(fixed, "name", None)
     moving_path = str(moving) if isinstance(moving, (str, Path)) else getattr(moving, "name", None)
     fixed = intensity_image(load_image(fixed, "fixed image", labels=False), "fixed")

@@ -210,6 +210,7 @@ def parse_override(item: str) -> dict:
     ``{"bspline.model_params": {"control_spacing_mm": 15}}``.
     """
     import yaml
+    from morphreg.core.yaml_values import load_yaml
 
     key, sep, text = item.partition("=")
     parts = key.strip().split(".")
@@ -217,7 +218,7 @@ def parse_override(item: str) -> dict:
     if not sep or where is None:
         raise MorphregError(f"--set {item!r}: expected [STAGE.]KEY[.SUBKEY]=VALUE with KEY one of {', '.join(STAGE_KEYS)}")
     try:
-        value = yaml.safe_load(text)
+        value = load_yaml(text)
     except yaml.YAMLError as exc:
         raise MorphregError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
     for sub in reversed(parts[where + 1:]):
@@ -240,12 +241,13 @@ def load_preset_file(path) -> list[dict]:
     from pathlib import Path
 
     import yaml
+    from morphreg.core.yaml_values import load_yaml
 
     path = Path(path)
     if not path.is_file():
         raise MorphregError("preset file not found", path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise MorphregError(f"not valid YAML: {str(exc).splitlines()[0]}", path) from None
     stages = data.get("stages") if isinstance(data, dict) else data
