@@ -186,12 +186,9 @@ def record_in_manifest(path: Path) -> None:
 def complete_output(folder: str | Path) -> bool:
     """Whether ``folder`` is a finished morphreg output: its manifest is readable and every file it
     lists exists (an output folder appears only once complete, so a half-written one has none)."""
-    manifest = Path(folder) / MANIFEST
-    try:
-        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError, TypeError, OSError):
-        return False
-    return all((Path(folder) / f).is_file() for f in files)
+    manifest = read_manifest(folder)
+    return manifest is not None and not manifest.get("kind") and all((Path(folder) / f).is_file()
+                                                                      for f in manifest["files"])
 
 
 def _entries(folder: Path) -> set[str]:
@@ -392,15 +389,11 @@ def output_folder(path: str | Path, inputs: Iterable = (), overwrite: bool = Fal
 # ----- run folders: filled step by step by one long command and continued by its rerun -------------------
 class RunFolder:
     """A folder that one ``kind`` of command (batch, train, template) fills as it goes; see :func:`run_folder`.
-    Files written with :func:`atomic_path` join its manifest; :meth:`record` adds others (appended logs,
-    folders)."""
+    Files written with :func:`atomic_path` join its manifest; :meth:`record` adds others (folders).
+    (A run folder is never a :func:`complete_output`: that is a finished result.)"""
 
     def __init__(self, path: Path, kind: str):
         self.path, self.kind = path, kind
-
-    def owns(self, name: str) -> bool:
-        """Whether the manifest lists ``name`` (a file or folder directly in this folder)."""
-        return name in (read_manifest(self.path) or {}).get("files", [])
 
     def record(self, *names: str) -> None:
         for name in names:
