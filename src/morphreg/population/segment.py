@@ -43,7 +43,7 @@ def read_atlases(csv_path: str | Path) -> list[Atlas]:
 
 def register_atlas(atlas: Atlas, target: str, preset: str = "default", overrides: dict | None = None,
                    modality: str = "mono", label_channels: str | None = None, weighted: bool = False,
-                   threads: int = 1, seed: int = 0) -> dict:
+                   threads: int = 1, seed: int = 0, target_dim: int | None = None) -> dict:
     """Register one atlas to the target and warp its labels onto the target grid (runs in a worker).
     Never raises for a bad atlas: ``{"id", "status", "error", "seconds", "final_metric", "folding_percent",
     "similarity", "labels": (*shape) int16 array, "weights": (*shape) float32 array when ``weighted``}``;
@@ -57,7 +57,7 @@ def register_atlas(atlas: Atlas, target: str, preset: str = "default", overrides
         from morphreg.transforms.warp import warp
 
         image, labels = read_image(atlas.image), read_image(atlas.labels, labels=True)
-        target_dim = read_image(target).dim
+        target_dim = target_dim or read_image(target).dim  # the caller knows it: no second read per atlas
         for path, item in ((atlas.image, image), (atlas.labels, labels)):
             if item.dim != target_dim:
                 raise MorphregError(f"a {item.dim}D atlas file for a {target_dim}D target", path)
@@ -171,7 +171,7 @@ def segment(target: str | Path, atlases: str | Path | list[Atlas], fusion: str =
         if on_start is not None:
             on_start(len(atlases), link)
         for atlas, rec in as_finished(client, register_atlas, atlases, target, preset, overrides, modality,
-                                      label_channels, fusion == "weighted", threads_per_worker, seed,
+                                      label_channels, fusion == "weighted", threads_per_worker, seed, grid.dim,
                                       name="morphreg-segment",
                                       on_lost=lambda atlas, exc: lost_record("id", atlas.id, exc)):
             if rec["status"] == "ok":
