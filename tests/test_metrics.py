@@ -86,9 +86,11 @@ def test_gradcheck(name, dim):
 @pytest.mark.parametrize("dim", [2, 3])
 def test_ncc_linear_remap(dim):
     f = blobs(SHAPES[dim])
-    assert ncc(f, 3 * f + 2).item() == pytest.approx(1, abs=1e-7)  # up to eps = 1e-10
+    assert ncc(f, 3 * f + 2).item() == pytest.approx(1, abs=1e-7)
     assert ncc(f, -0.5 * f + 1).item() == pytest.approx(-1, abs=1e-7)
-    assert ncc(f, 3 * f + 2, eps=0).item() == pytest.approx(1, abs=1e-12)
+    assert ncc(f.double(), 3 * f.double() + 2).item() == pytest.approx(1, abs=1e-12)
+    assert ncc(1e-4 * f, 1e-4 * (3 * f + 2)).item() == pytest.approx(1, abs=1e-6)  # no additive constant
+    assert ncc(f, torch.ones_like(f)).item() == 0.0  # a constant image correlates with nothing
     assert ncc(f, blobs(SHAPES[dim], 7)).item() < 0.99
     assert local_ncc(f, 3 * f + 2, window=3, eps=1e-14).item() == pytest.approx(1, abs=1e-6)
     assert local_ncc(f, -f, window=3, eps=1e-14).item() == pytest.approx(-1, abs=1e-6)

@@ -180,3 +180,39 @@ def match_histogram(
         x = image.data[c]
         out.append(_interp(x, torch.as_tensor(xp, device=x.device), torch.as_tensor(fp, device=x.device)))
     return image.with_data(torch.stack(out))
+
+
+# The registration engine's intensity units: the 0.5th percentile of each image maps to 0, the 99.5th
+# to 1 (ANTs' --winsorize-image-intensities [0.005, 0.995], without clipping so that the map stays
+# affine). Every similarity then sees the same numbers whether an MR is stored as 0..1 or 0..4095 or a
+# CT in HU, and its constants (LNCC's eps, NGF's epsilon, demons' step) mean the same on every image.
+UNIT_PERCENTILES = (0.5, 99.5)
+_UNIT_SAMPLES = 1 << 21  # percentiles from every k-th voxel beyond this: exact for any affine remap, ~0.1 s
+
+
+def unit_range(image: Image, percentiles: tuple[float, float] = UNIT_PERCENTILES) -> list[tuple[float, float]]:
+    """Per channel (lo, hi): the intensities that :func:`to_unit_range` maps to 0 and 1.
+
+    ``lo``, ``hi`` are the given percentiles (0..100) of the channel's voxels (of every k-th voxel on
+    images above 2^21 voxels, the same voxels whatever the intensity units); where they coincide (an
+    object under 0.5 % of the image) the minimum and maximum; for a constant channel (v, v + 1).
+    """
+    _check_intensity(image, "unit_range")
+    out = []
+    for c in range(image.channels):
+        values = image.data[c].detach().reshape(-1)
+        values = values[:: max(1, values.numel() // _UNIT_SAMPLES)]
+        lo, hi = quantile_values(values, [percentiles[0] / 100, percentiles[1] / 100]).tolist()
+        if hi <= lo:
+            lo, hi = float(values.min()), float(values.max())
+        out.append((lo, hi) if hi > lo else (lo, lo + 1.0))
+    return out
+
+
+def to_unit_range(image: Image, ranges: list[tuple[float, float]] | None = None) -> Image:
+    """``image`` mapped channel by channel by the affine map that takes ``ranges`` (default
+    :func:`unit_range`) to (0, 1); float32 (float64 stays), not clipped."""
+    ranges = unit_range(image) if ranges is None else ranges
+    dtype = image.data.dtype if image.data.dtype == torch.float64 else torch.float32
+    out = [(image.data[c].to(dtype) - lo) * (1.0 / (hi - lo)) for c, (lo, hi) in enumerate(ranges)]
+    return image.with_data(torch.stack(out))

@@ -31,18 +31,19 @@ def _centred(x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
     return x - channel_means(x, w).reshape(*x.shape[:2], *(1,) * (x.dim() - 2))
 
 
-def ncc(fixed: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-10) -> torch.Tensor:
+def ncc(fixed: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Global (weighted) normalised cross-correlation in [-1, 1]; 1 for any increasing linear remap.
 
-    ncc = cov(f, m) / sqrt(var(f) var(m) + eps) with weighted moments over the mask, per (n, c),
-    then averaged. ``eps`` is in intensity^4 units and only keeps constant images finite.
+    ncc = cov(f, m) / sqrt(var(f) var(m)) with weighted moments over the mask, per (n, c), then
+    averaged; 0 where either image is constant. No additive constant, so the value is the same for
+    any positive scale and offset of either image (intensities in 0..0.01 or in HU alike).
     """
     check_pair(fixed, warped)
     w = as_weight(mask, fixed)
     fc, mc = _centred(fixed, w), _centred(warped, w)
     cov = channel_means(fc * mc, w)
     var_f, var_m = channel_means(fc * fc, w), channel_means(mc * mc, w)
-    return (cov / torch.sqrt(var_f * var_m + eps)).mean()
+    return (cov / torch.sqrt((var_f * var_m).clamp_min(torch.finfo(cov.dtype).tiny))).mean()
 
 
 def local_ncc(
@@ -65,7 +66,13 @@ def local_ncc(
             the final average.
         window: odd window size in voxels, one int or per index axis (x, y[, z]).
         squared: return the mean of cc^2 (ANTs' CC, insensitive to contrast inversion) instead of cc.
-        eps: added to var_f * var_m (intensity^4); flat windows give cc = 0.
+        eps: added to var_f * var_m (intensity^4), so the value depends on the intensity units
+            (it is invariant to offsets, and to a scale only where var_f * var_m >> eps);
+            :func:`morphreg.register.register` passes the images in the engine's units (0.5th..99.5th
+            percentile = 0..1, :func:`morphreg.image.intensity.to_unit_range`), where it means the same
+            on every image. Flat windows give cc = 0.
+    Border: windows near the image border use only their in-image voxels (no zero padding, unlike
+    MONAI's and neurite's LNCC), and the result is the (mask-weighted) mean over all voxels.
     Returns:
         scalar in [-1, 1] (or [0, 1] when ``squared``), 1 = locally linearly related everywhere.
     """

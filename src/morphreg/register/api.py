@@ -21,6 +21,7 @@ from morphreg.core.devices import checked_device
 from morphreg.errors import MorphregError
 from morphreg.evaluate.warnings import merge_warnings, quality_warnings, stage_warnings
 from morphreg.image.image import Image
+from morphreg.image.intensity import to_unit_range, unit_range
 from morphreg.optim.multires import StageInputs
 from morphreg.register.guards import check_stage
 from morphreg.register.inputs import (
@@ -129,14 +130,18 @@ def register(
     initial = initial_transform_for(initial_transform, fixed)
     if modality not in ("auto", "mono", "multi"):
         raise MorphregError(f"modality must be auto, mono or multi, not {modality!r}")
-    evidence = modality_evidence(fixed, moving) if modality == "auto" else None
+    # Modality detection and the stages see both images in the engine's intensity units (to_unit_range):
+    # the same numbers whatever units the files use. The result warps the originals.
+    units = {"fixed": unit_range(fixed), "moving": unit_range(moving)}
+    fixed_units, moving_units = to_unit_range(fixed, units["fixed"]), to_unit_range(moving, units["moving"])
+    evidence = modality_evidence(fixed_units, moving_units) if modality == "auto" else None
     modality = evidence["modality"] if evidence is not None else modality
 
     if preset in ("default", "accurate") and modality == "multi":
         # Multimodal pairs: label-driven when labels are given (how MR-TRUS fusion is done); two contrasts
         # of the same anatomy: MI / MIND stages with independent checks; else (ultrasound vs MR) the
         # cautious image-only schedule (see presets.py).
-        overlays = evidence["same_outline"] if evidence is not None else same_outline(fixed, moving)
+        overlays = evidence["same_outline"] if evidence is not None else same_outline(fixed_units, moving_units)
         preset = "labels" if fl is not None else "multicontrast" if overlays else "multimodal"
     preset_name = preset if isinstance(preset, str) else "custom"
     if metric is not None:
@@ -145,7 +150,7 @@ def register(
     if initial is not None and not isinstance(initial, LinearTransform) and is_linear(stages[0].get("model")):
         raise MorphregError(f"the initial transform is deformable: a {stages[0]['model']} stage cannot follow it "
                             "(choose a deformable preset)", initial_transform if isinstance(initial_transform, (str, Path)) else None)
-    inputs = StageInputs(fixed, moving, fmask, mmask, fl, ml, None if p is None else (p, q),
+    inputs = StageInputs(fixed_units, moving_units, fmask, mmask, fl, ml, None if p is None else (p, q),
                          {"rigidity": rmask} if rmask is not None else {})
     t_io = time.perf_counter() - t_start
 
@@ -157,8 +162,8 @@ def register(
             torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(int(seed))
         try:
-            run = _Run(inputs, modality, preset_name, float(label_weight), float(landmark_weight), int(seed), progress,
-                       fixed_path, moving_path, t_io, t_start)
+            run = _Run(inputs, (fixed, moving), modality, preset_name, float(label_weight), float(landmark_weight),
+                       int(seed), progress, fixed_path, moving_path, t_io, t_start)
             result = run(stages, initial)
         except MorphregError as exc:
             if exc.path is not None:
@@ -167,6 +172,7 @@ def register(
             raise MorphregError(f"{exc.problem} (registering {moving_path} onto {fixed_path}, preset {preset_name!r})",
                                 fixed_path) from None
     result.notes = notes + result.notes
+    result.intensity_units = {k: [{"lo": lo, "hi": hi} for lo, hi in v] for k, v in units.items()}
     given = dict(fixed_mask=fixed_mask, moving_mask=moving_mask, fixed_labels=fixed_labels, moving_labels=moving_labels,
                  fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, rigidity_mask=rigidity_mask,
                  initial_transform=initial_transform)
@@ -190,6 +196,7 @@ class _Run:
     """One run's settings; calling it runs the stages (each through its registered method)."""
 
     inputs: StageInputs
+    images: tuple[Image, Image]  # fixed and moving in their own units (the inputs' are the engine's)
     modality: str
     preset_name: str
     label_weight: float
@@ -227,7 +234,7 @@ class _Run:
     def result(self, prior: Prior, records: list) -> Result:
         if prior.transform is None:
             raise MorphregError("the preset has no stage")
-        return build_result(prior.transform, prior.inverse, self.inputs.fixed, self.inputs.moving, records,
+        return build_result(prior.transform, prior.inverse, *self.images, records,
                             self.preset_name, self.modality, fixed_mask=self.inputs.fixed_mask,
                             fixed_path=self.fixed_path, moving_path=self.moving_path, t_io=self.t_io,
                             t_start=self.t_start)

@@ -69,11 +69,14 @@ FAST_SYN = {
     "model_params": {"solver": "fast", "symmetric": True, "smoothing_mm": 2.0, "steps": 7, "field_shrink": 4,
                      "exp_shrink": 2},
     "similarity": {"mono": "lncc", "multi": "mind"},
-    "similarity_params": {"lncc": {"window": 5}},
+    "similarity_params": {"lncc": {"window": 7}},
     "penalties": [{"name": "diffusion", "weight": 0.05}],
     "optimizer": {"name": "adam", "lr": 2.0, "tolerance": 1e-4, "patience": 10, "extra": {"final_lr_ratio": 0.2}},
     "levels": [[4, "1vox", 40], [2, 0.0, 12]],
 }
+# LNCC window 7 (was 5), session 19, once the stages saw the images in the engine's intensity units (LNCC's eps
+# then means the same on every image): chosen on brain b->a among eps 1e-3..1e-6, window 5 / 7 / 9, velocity
+# smoothing 2 / 2.25 / 2.5 mm, diffusion 0.05 / 0.1 and 60 + 20 iterations, checked on a->b (RESULTS.md, session 19).
 # "accurate": FAST_SYN with its own coarse levels (60 + 15 iterations, as measured in session 3; default
 # went to 40 + 12 in session 6) plus a stochastic full-resolution level (8 random 32^3-voxel cubes in the fixed
 # foreground per iteration, 160 iterations, the caller's threads), LNCC window 9 (ANTs' and dipy's
@@ -85,6 +88,8 @@ FAST_SYN_ACCURATE = {
     **FAST_SYN,
     "model_params": {**FAST_SYN["model_params"], "smoothing_mm": 3.0, "patches": [8, 32]},
     "similarity_params": {"lncc": {"window": 9}},
+    # diffusion 0.1 (was 0.05), session 19: in the engine's intensity units 0.05 left folded voxels on brain b->a
+    "penalties": [{"name": "diffusion", "weight": 0.1}],
     "levels": [[4, "1vox", 60], [2, 0.0, 15], [1, 0.0, 160]],
 }
 SYN = {

@@ -92,6 +92,8 @@ class Result:
             ``folding_percent`` (share of fixed voxels inside the fixed mask with det J <= 0) reads it.
         warnings: what deserves a red flag, ``{"kind", "text"}`` (:mod:`morphreg.evaluate.warnings`).
         inputs: the paths of the labels, masks and landmarks given (for the report).
+        intensity_units: per image ("fixed", "moving"), per channel, the intensities ``{"lo", "hi"}``
+            that the stages saw as 0 and 1 (:func:`morphreg.image.intensity.to_unit_range`).
     """
 
     transform: Transform
@@ -111,6 +113,7 @@ class Result:
     warnings: list[dict] = field(default_factory=list)
     inputs: dict = field(default_factory=dict)
     displacement: torch.Tensor | None = None  # (1, dim, *fixed.shape) float32 mm on the CPU: T(x) - x, as saved
+    intensity_units: dict = field(default_factory=dict)  # per image, per channel {"lo", "hi"}: mapped to 0, 1 for the stages
 
     @property
     def folding_percent(self) -> float:
@@ -141,6 +144,7 @@ class Result:
             "warnings": self.warnings,
             "quality": self.quality,
             "inputs": self.inputs,
+            "intensity_units": self.intensity_units,
             "transform_direction": "fixed -> moving (warped = moving sampled at T(x) for x on the fixed grid)",
             "trace": self.trace,
         })
