@@ -74,6 +74,31 @@ def test_concentric_spheres_anisotropic():
     assert overlap(_img(a, grid), _img(b, grid))["labels"]["1"]["dice"] == pytest.approx(2 * 512 / (512 + 1000), abs=0.02)
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_surface_distances_on_the_masks_box_equal_the_whole_image_ones(dim):
+    """The distance transforms run on the masks' joint bounding box (+1 voxel): the same values as on
+    the whole grid, also for irregular masks far from each other and for a mask on the image border."""
+    import importlib
+
+    from scipy import ndimage
+
+    whole_image = importlib.import_module("morphreg.evaluate.surface").directed_surface_distances
+    rng = np.random.default_rng(3)
+    grid = Grid((40, 36, 30)[:dim], spacing=(0.7, 1.1, 1.9)[:dim])
+    for trial in range(3):
+        blobs = ndimage.gaussian_filter(rng.random(grid.shape), 2.0)
+        a, b = np.zeros(grid.shape, bool), np.zeros(grid.shape, bool)
+        a[(slice(4, 16),) * dim] = blobs[(slice(4, 16),) * dim] > np.median(blobs)  # irregular, one corner
+        b[(slice(12, 26),) * dim] = blobs[(slice(12, 26),) * dim] > np.median(blobs)
+        if trial == 1:
+            a[(0,) * dim] = True  # a voxel in the image's corner
+        d_ab, d_ba = whole_image(a, b, grid), whole_image(b, a, grid)
+        got = surface_distances(a, b, grid)
+        assert got["hausdorff_mm"] == pytest.approx(max(d_ab.max(), d_ba.max()), abs=1e-12)
+        assert got["assd_mm"] == pytest.approx((d_ab.sum() + d_ba.sum()) / (d_ab.size + d_ba.size), abs=1e-12)
+        assert got["hd95_mm"] == pytest.approx(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)), abs=1e-12)
+
+
 def test_2d_overlap_and_surface():
     grid = Grid((30, 20), spacing=(0.5, 2.0))
     a = np.zeros(grid.shape, bool)

@@ -37,6 +37,17 @@ def directed_surface_distances(a: np.ndarray, b: np.ndarray, grid: Grid) -> np.n
     return dist_to_b[sa]
 
 
+def _around(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cropped to their joint bounding box plus one voxel: every surface voxel of either lies
+    inside, and so does its nearest one of the other, so the distances are exact; the distance
+    transforms then cost a small box instead of the whole image (45 brain labels: see RESULTS.md)."""
+    either, box = a | b, []
+    for axis in range(a.ndim):
+        idx = np.flatnonzero(np.any(either, axis=tuple(i for i in range(a.ndim) if i != axis)))
+        box.append(slice(max(int(idx[0]) - 1, 0), int(idx[-1]) + 2))
+    return a[tuple(box)], b[tuple(box)]
+
+
 def surface_distances(a: np.ndarray, b: np.ndarray, grid: Grid) -> dict[str, float]:
     """Hausdorff (max), HD95, HD99 and ASSD (mm) between masks ``a`` and ``b`` on ``grid``.
 
@@ -45,6 +56,7 @@ def surface_distances(a: np.ndarray, b: np.ndarray, grid: Grid) -> dict[str, flo
     """
     if not a.any() or not b.any():
         return {k: math.nan for k in SURFACE_METRICS}
+    a, b = _around(a, b)
     d_ab = directed_surface_distances(a, b, grid)
     d_ba = directed_surface_distances(b, a, grid)
     return {

@@ -182,7 +182,7 @@ def match_histogram(
     return image.with_data(torch.stack(out))
 
 
-# The registration engine's intensity units: the 0.5th percentile of each image maps to 0, the 99.5th
+# The registration engine's intensity units: the 0.5th percentile maps to 0, the 99.5th
 # to 1 (ANTs' --winsorize-image-intensities [0.005, 0.995], without clipping so that the map stays
 # affine). Every similarity then sees the same numbers whether an MR is stored as 0..1 or 0..4095 or a
 # CT in HU, and its constants (LNCC's eps, NGF's epsilon, demons' step) mean the same on every image.
@@ -190,18 +190,22 @@ UNIT_PERCENTILES = (0.5, 99.5)
 _UNIT_SAMPLES = 1 << 21  # percentiles from every k-th voxel beyond this: exact for any affine remap, ~0.1 s
 
 
-def unit_range(image: Image, percentiles: tuple[float, float] = UNIT_PERCENTILES) -> list[tuple[float, float]]:
+def unit_range(image: Image, *others: Image, percentiles: tuple[float, float] = UNIT_PERCENTILES) -> list[tuple[float, float]]:
     """Per channel (lo, hi): the intensities that :func:`to_unit_range` maps to 0 and 1.
 
-    ``lo``, ``hi`` are the given percentiles (0..100) of the channel's voxels (of every k-th voxel on
-    images above 2^21 voxels, the same voxels whatever the intensity units); where they coincide (an
-    object under 0.5 % of the image) the minimum and maximum; for a constant channel (v, v + 1).
+    ``lo``, ``hi`` are the given percentiles (0..100) of the channel's voxels in ``image`` and
+    ``others`` pooled (one map for images whose intensity differences must keep their meaning); of
+    every k-th voxel of an image above 2^21 voxels, the same voxels whatever the intensity units.
+    Where they coincide (an object under 0.5 % of the image) the minimum and maximum; for a
+    constant channel (v, v + 1).
     """
-    _check_intensity(image, "unit_range")
+    images = (image, *others)
+    for im in images:
+        _check_intensity(im, "unit_range")
     out = []
     for c in range(image.channels):
-        values = image.data[c].detach().reshape(-1)
-        values = values[:: max(1, values.numel() // _UNIT_SAMPLES)]
+        parts = [im.data[min(c, im.channels - 1)].detach().reshape(-1) for im in images]
+        values = torch.cat([v[:: max(1, v.numel() // _UNIT_SAMPLES)] for v in parts])
         lo, hi = quantile_values(values, [percentiles[0] / 100, percentiles[1] / 100]).tolist()
         if hi <= lo:
             lo, hi = float(values.min()), float(values.max())

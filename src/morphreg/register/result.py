@@ -93,7 +93,8 @@ class Result:
         warnings: what deserves a red flag, ``{"kind", "text"}`` (:mod:`morphreg.evaluate.warnings`).
         inputs: the paths of the labels, masks and landmarks given (for the report).
         intensity_units: per image ("fixed", "moving"), per channel, the intensities ``{"lo", "hi"}``
-            that the stages saw as 0 and 1 (:func:`morphreg.image.intensity.to_unit_range`).
+            that the stages saw as 0 and 1 (:func:`morphreg.image.intensity.to_unit_range`);
+            ``"shared"``: one map for both (mono-modal pairs), else one per image.
     """
 
     transform: Transform
