@@ -1,10 +1,16 @@
 """Brain T1 inter-subject benchmark: morphreg vs ANTs SyN, elastix affine+B-spline, dipy SyN,
+FireANTs (moments+affine+Greedy, CPU, own venv) and NiftyReg (reg_aladin+reg_f3d),
 subject_a <-> subject_b (both directions), evaluated with the same independent code.
 
-    python benchmarks/brain.py [--tools morphreg,morphreg:accurate,ants,elastix,dipy] [--threads 2] [--preset P]
-                               [--device cuda]
+    python benchmarks/brain.py [--tools morphreg,morphreg:accurate,ants,elastix,dipy,fireants,niftyreg]
+                               [--threads 2] [--preset P] [--device cuda] [--fireants-params JSON]
 
 ``morphreg:P`` runs the CLI with ``--preset P`` (several presets side by side in one run).
+``fireants`` runs benchmarks/fireants_runner.py in the venv at $FIREANTS_PYTHON (an interpreter or a
+venv folder; default /work/venvs/fireants) with FireANTs' tutorial settings; ``--fireants-params``
+overrides them, e.g. '{"greedy_scales": [4, 2], "greedy_iterations": [200, 100]}' (its full-resolution
+levels cost ~15 s per iteration on 2 CPU cores). ``niftyreg`` needs the PyPI ``niftyreg`` package's
+binaries (or $NIFTYREG_BIN).
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from peers import orientation_check, run_ants, run_dipy, run_elastix, set_threads  # noqa: E402
+from peers import orientation_check, run_ants, run_dipy, run_elastix, run_fireants, run_niftyreg, set_threads  # noqa: E402
 
 
 def main() -> None:
@@ -24,6 +30,7 @@ def main() -> None:
     ap.add_argument("--preset", default=None, help="morphreg preset (default: the CLI's default)")
     ap.add_argument("--directions", default="b->a,a->b", help="moving->fixed pairs")
     ap.add_argument("--device", default="cpu", help="morphreg's device (cpu or cuda; the peers run on the CPU)")
+    ap.add_argument("--fireants-params", default="{}", help="JSON overrides of fireants_runner.py's settings")
     ap.add_argument("--json", type=Path, default=None, help="write all figures here")
     args = ap.parse_args()
     set_threads(args.threads)
@@ -50,9 +57,12 @@ def main() -> None:
                 t, seconds, summary = run_morphreg_cli(fixed_path, moving_path, extra, args.threads)
                 corr, info = float("nan"), summary.get("timings", {})
             else:
-                runner = {"ants": run_ants, "elastix": run_elastix, "dipy": run_dipy}[tool]
-                r = runner(fixed_path, moving_path)
-                t, seconds, corr, info = r.transform, r.seconds, orientation_check(r, fixed, moving), {}
+                runners = {"ants": run_ants, "elastix": run_elastix, "dipy": run_dipy,
+                           "fireants": lambda f, m: run_fireants(f, m, threads=args.threads,
+                                                                 params=json.loads(args.fireants_params)),
+                           "niftyreg": lambda f, m: run_niftyreg(f, m, threads=args.threads)}
+                r = runners[tool](fixed_path, moving_path)
+                t, seconds, corr, info = r.transform, r.seconds, orientation_check(r, fixed, moving), r.info
             e = evaluate(t, fl, ml)
             jac = e["transform"]["jacobian"]
             rec = {"direction": f"{mov}->{fix}", "tool": tool, "seconds": seconds,
