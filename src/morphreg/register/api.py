@@ -130,24 +130,25 @@ def register(
     initial = initial_transform_for(initial_transform, fixed)
     if modality not in ("auto", "mono", "multi"):
         raise MorphregError(f"modality must be auto, mono or multi, not {modality!r}")
-    # Modality detection and the stages see the images in the engine's intensity units (to_unit_range): the
-    # same numbers whatever units the files use. Each image gets its own map, except a mono-modal pair: one
-    # map from both (pooled percentiles), so that intensity differences (demons, MSE) keep their meaning
-    # (two maps from percentiles 1-2 % apart took the demons test's error from 0.59 to 1.35 mm).
+    # Modality detection is invariant to a positive affine intensity change of either image by construction
+    # (quantile curves scaled to their range, NCC without an additive constant, MI, Otsu). The stages see the
+    # images in the engine's intensity units (to_unit_range): one map per image, except a mono-modal pair,
+    # which gets one map from both (pooled percentiles) so that intensity differences (demons, MSE) keep their
+    # meaning (two maps from percentiles 1-2 % apart took the demons test's error from 0.59 to 1.35 mm).
     # The result warps the originals.
-    units = {"fixed": unit_range(fixed), "moving": unit_range(moving)}
-    fixed_units, moving_units = to_unit_range(fixed, units["fixed"]), to_unit_range(moving, units["moving"])
-    evidence = modality_evidence(fixed_units, moving_units) if modality == "auto" else None
+    evidence = modality_evidence(fixed, moving) if modality == "auto" else None
     modality = evidence["modality"] if evidence is not None else modality
     if modality == "mono" and fixed.channels == moving.channels:
-        units["fixed"] = units["moving"] = unit_range(fixed, moving)
-        fixed_units, moving_units = to_unit_range(fixed, units["fixed"]), to_unit_range(moving, units["moving"])
+        units = dict.fromkeys(("fixed", "moving"), unit_range(fixed, moving))
+    else:
+        units = {"fixed": unit_range(fixed), "moving": unit_range(moving)}
+    fixed_units, moving_units = to_unit_range(fixed, units["fixed"]), to_unit_range(moving, units["moving"])
 
     if preset in ("default", "accurate") and modality == "multi":
         # Multimodal pairs: label-driven when labels are given (how MR-TRUS fusion is done); two contrasts
         # of the same anatomy: MI / MIND stages with independent checks; else (ultrasound vs MR) the
         # cautious image-only schedule (see presets.py).
-        overlays = evidence["same_outline"] if evidence is not None else same_outline(fixed_units, moving_units)
+        overlays = evidence["same_outline"] if evidence is not None else same_outline(fixed, moving)
         preset = "labels" if fl is not None else "multicontrast" if overlays else "multimodal"
     preset_name = preset if isinstance(preset, str) else "custom"
     if metric is not None:
