@@ -197,12 +197,13 @@ def test_fast_syn_full_resolution_patches_recover_a_smooth_deformation():
     assert len(fine.stages[-1]["trace"][-1]) == 60  # stochastic: no early stop on noisy values
 
 
-def test_accurate_preset_is_default_with_cubes_and_multimodal_pairs_get_a_multimodal_schedule():
+def test_accurate_preset_is_default_with_a_finer_field_and_multimodal_pairs_get_a_multimodal_schedule():
     from morphreg.register.presets import get_preset
 
     accurate, default = get_preset("accurate"), get_preset("default")
     assert [s["model"] for s in accurate] == [s["model"] for s in default]
-    assert accurate[-1]["model_params"]["patches"] and accurate[-1]["levels"][-1][0] == 1
+    assert accurate[-1]["levels"][-1][0] == 1  # a full-resolution level
+    assert accurate[-1]["model_params"]["field_shrink"] < default[-1]["model_params"]["field_shrink"]
     pair = make_phantom_pair(dim=2, size=48, spacing=1.0, magnitude_mm=0.0)
     # Forced "multi" on two images of the same anatomy (outlines overlay): MI / MIND stages with checks.
     r = register(pair.fixed, pair.moving, "accurate", modality="multi", levels=[[2, None, 5]])

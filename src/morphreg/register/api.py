@@ -73,8 +73,8 @@ def register(
         fixed, moving: Images or paths (2D or 3D, same dimension).
         preset: a name of ``morphreg.register.presets.PRESETS`` ("rigid", "affine", "bspline", "syn",
             "demons", "tps", "rigidity", "multimodal", "labels", "default" = affine then SyN for
-            mono-modal pairs, "accurate" = the same with a stochastic full-resolution level (slower:
-            1.3x ANTs SyN's time on the brain pair, default 0.5-0.8x); for multimodal pairs both become "labels" when labels are
+            mono-modal pairs, "accurate" = the same with a 2 mm velocity grid and a
+            full-resolution level (brain T1: about 2.3x default's time); for multimodal pairs both become "labels" when labels are
             given, else "multimodal")
             or a list of stage dicts.
         fixed_mask, moving_mask: where the similarity is evaluated (non-zero = inside).

@@ -77,20 +77,17 @@ FAST_SYN = {
 # LNCC window 7 (was 5), session 19, once the stages saw the images in the engine's intensity units (LNCC's eps
 # then means the same on every image): chosen on brain b->a among eps 1e-3..1e-6, window 5 / 7 / 9, velocity
 # smoothing 2 / 2.25 / 2.5 mm, diffusion 0.05 / 0.1 and 60 + 20 iterations, checked on a->b (RESULTS.md, session 19).
-# "accurate": FAST_SYN with its own coarse levels (60 + 15 iterations, as measured in session 3; default
-# went to 40 + 12 in session 6) plus a stochastic full-resolution level (8 random 32^3-voxel cubes in the fixed
-# foreground per iteration, 160 iterations, the caller's threads), LNCC window 9 (ANTs' and dipy's
-# radius 4) and velocity smoothing 3 mm (2 mm left a few folded voxels once full-resolution detail drives
-# the field). Brain T1, whole CLI call beside ANTs SyN (benchmarks/RESULTS.md, session 3): Dice 0.645 /
-# 0.644 (b->a / a->b; default then 0.623 / 0.626, ANTs 0.616 / 0.610) at 1.34x / 1.24x ANTs' time (default
-# then 0.71x / 0.91x; session 6: 0.54x / 0.79x), no folded voxel. Whole-image full-resolution iterations reached 0.641 in 114 s for 30.
+# "accurate": FAST_SYN with a finer velocity (2 mm grid instead of 4 mm), three whole-image full-resolution
+# iterations and exp(v) integrated at full resolution (exp_shrink 1). Session 20 (brain T1, in-process register(),
+# tuned on b->a; benchmarks/RESULTS.md): the previous accurate (4 mm velocity, 160 iterations of 8 random 32^3
+# cubes at full resolution, window 9, smoothing 3 mm) 0.6456 with a 82 s deformable stage; with a 2 mm velocity
+# 0.6499 at 229 s (the cubes then exponentiate the finer field 160 times); default + 2 mm velocity 0.6497,
+# + exp_shrink 1 0.6527, + 5 whole-image level-1 iterations 0.6598 (a->b, not tuned on: 0.6568), 3 of them
+# 0.6587 (deformable 62 s); no folded voxel in any of these. The random-cube level ("patches") stays available.
 FAST_SYN_ACCURATE = {
     **FAST_SYN,
-    "model_params": {**FAST_SYN["model_params"], "smoothing_mm": 3.0, "patches": [8, 32]},
-    "similarity_params": {"lncc": {"window": 9}},
-    # diffusion 0.1 (was 0.05), session 19: in the engine's intensity units 0.05 left folded voxels on brain b->a
-    "penalties": [{"name": "diffusion", "weight": 0.1}],
-    "levels": [[4, "1vox", 60], [2, 0.0, 15], [1, 0.0, 160]],
+    "model_params": {**FAST_SYN["model_params"], "field_shrink": 2, "exp_shrink": 1},
+    "levels": [[4, "1vox", 40], [2, 0.0, 12], [1, 0.0, 3]],
 }
 SYN = {
     "model": "svf",
