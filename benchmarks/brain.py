@@ -23,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from peers import orientation_check, run_ants, run_dipy, run_elastix, run_fireants, run_niftyreg, set_threads  # noqa: E402
 
 
+COLUMNS = ["pair", "tool", "Dice before", "Dice after", "Dice (SimpleITK warp)", "folding %", "SDlogJ", "min detJ", "median detJ", "time s", "orient. corr"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tools", default="morphreg,ants,elastix,dipy")
@@ -74,9 +77,9 @@ def main() -> None:
             records.append(rec)
             rows.append([rec["direction"], tool, rec["dice_initial"], rec["dice"], rec["dice_sitk"], rec["folding_percent"], rec["sdlogj"],
                          rec["min_detj"], rec["median_detj"], seconds, corr])
-            print(markdown(["pair", "tool", "Dice before", "Dice after", "Dice (SimpleITK warp)", "folding %", "SDlogJ", "min detJ", "median detJ", "time s", "orient. corr"], [rows[-1]]).splitlines()[-1], flush=True)
+            print(markdown(COLUMNS, [rows[-1]]).splitlines()[-1], flush=True)
     print()
-    print(markdown(["pair", "tool", "Dice before", "Dice after", "Dice (SimpleITK warp)", "folding %", "SDlogJ", "min detJ", "median detJ", "time s", "orient. corr"], rows))
+    print(markdown(COLUMNS, rows))
     # Ratios against ANTs SyN, per direction (measured side by side in this run).
     print()
     ratio_rows = []

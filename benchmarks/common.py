@@ -48,12 +48,12 @@ def sitk_dice(transform: Transform, fixed_labels: Path, moving_labels: Path) -> 
     back as SimpleITK's DisplacementFieldTransform. An independent check of :func:`evaluate`'s figure."""
     import SimpleITK as sitk
 
-    from morphreg.image.io import read_image
+    from morphreg.image.io import from_sitk
     from morphreg.transforms import save_transform
 
     fixed_itk, moving_itk = sitk.ReadImage(str(fixed_labels)), sitk.ReadImage(str(moving_labels))
-    with tempfile.TemporaryDirectory() as tmp:
-        field = save_transform(transform, Path(tmp) / "field.nii", read_image(fixed_labels).grid)
+    with tempfile.TemporaryDirectory() as tmp:  # the fixed labels' grid from the image already read
+        field = save_transform(transform, Path(tmp) / "field.nii", from_sitk(fixed_itk).grid)
         warp_itk = sitk.DisplacementFieldTransform(sitk.ReadImage(str(field), sitk.sitkVectorFloat64))
     warped = sitk.GetArrayFromImage(sitk.Resample(moving_itk, fixed_itk, warp_itk, sitk.sitkNearestNeighbor, 0))
     fixed = sitk.GetArrayFromImage(fixed_itk)
