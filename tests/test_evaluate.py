@@ -76,13 +76,16 @@ def test_concentric_spheres_anisotropic():
 
 @pytest.mark.parametrize("dim", [2, 3])
 def test_surface_distances_on_the_masks_box_equal_the_whole_image_ones(dim):
-    """The distance transforms run on the masks' joint bounding box (+1 voxel): the same values as on
-    the whole grid, also for irregular masks far from each other and for a mask on the image border."""
-    import importlib
-
+    """Nearest surface points on the masks' joint bounding box (+1 voxel): the same values as an exact
+    distance transform of the whole grid, also for irregular masks far from each other and for a mask
+    on the image border."""
     from scipy import ndimage
 
-    whole_image = importlib.import_module("morphreg.evaluate.surface").directed_surface_distances
+    from morphreg.evaluate import surface_voxels
+
+    def whole_image(a, b, grid):
+        return ndimage.distance_transform_edt(~surface_voxels(b), sampling=grid.spacing[::-1])[surface_voxels(a)]
+
     rng = np.random.default_rng(3)
     grid = Grid((40, 36, 30)[:dim], spacing=(0.7, 1.1, 1.9)[:dim])
     for trial in range(3):
@@ -457,3 +460,48 @@ def test_centroid_tre_on_prostate_obs005_matches_simpleitk(shared_data, tmp_path
                               landmark_channels="1-")
     ours = [p["final_mm"] for p in m["centroid_tre"]["points"]]
     np.testing.assert_allclose(ours, _sitk_centroid_tre(fl_path, ml_path, tmp_path / "t.tfm")[1:], atol=1e-3)
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_evaluation_on_structure_boxes_equals_whole_image_measures_and_reports_progress(one_hot):
+    """evaluate_registration crops each structure to its joint box: Dice, volumes and surface distances
+    equal overlap()/surface() on whole images (integer map and one-hot stack, a structure missing in
+    one map); ``structures`` keeps the selected ones; every step reports its parts."""
+    from morphreg.evaluate import evaluate_registration
+    from morphreg.transforms import AffineTransform
+    from morphreg.transforms.warp import warp
+
+    grid = Grid((30, 26, 22), spacing=(1.2, 0.9, 1.6))
+    rng = np.random.default_rng(0)
+    fixed = np.zeros(grid.shape, np.int16)
+    moving = np.zeros(grid.shape, np.int16)
+    for value, (lo, hi) in {1: (2, 10), 2: (8, 20), 4: (14, 21)}.items():
+        fixed[(slice(lo, hi),) * 3] = value
+        moving[(slice(lo + 1, hi + rng.integers(0, 3)),) * 3] = value if value != 4 else 0  # 4 missing in moving
+    if one_hot:
+        fixed = np.stack([fixed == v for v in (1, 2, 4)]).astype(np.uint8)
+        moving = np.stack([moving == v for v in (1, 2, 4)]).astype(np.uint8)
+    fl, ml = _img(fixed, grid), _img(moving, grid)
+    t = AffineTransform(3, center=grid.center())
+    with torch.no_grad():
+        t.translation.copy_(torch.tensor([0.6, -0.4, 0.8]))
+    steps = []
+
+    def progress(step, parts):
+        steps.append([step, parts, 0])
+        return lambda: steps[-1].__setitem__(2, steps[-1][2] + 1)
+
+    m = evaluate_registration(t, fl, ml, progress=progress)
+    warped = warp(ml, t, grid, "nearest")
+    whole_ov, whole_sd = overlap(fl, warped), surface(fl, warped)
+    assert list(m["overlap"]["labels"]) == list(whole_ov["labels"])
+    for key, values in whole_ov["labels"].items():
+        assert m["overlap"]["labels"][key] == pytest.approx(values, nan_ok=True)
+        assert m["surface"]["labels"][key] == pytest.approx(whole_sd["labels"][key], nan_ok=True)
+    assert [s[0].split(":")[0] for s in steps] == ["warping the moving labels", "overlap, surface distances",
+                                                  "centroid TRE of 3 structures", "det J, folding and displacement"]
+    assert steps[1][1:] == [6, 6]
+    only = evaluate_registration(t, fl, ml, structures="0" if one_hot else "2")
+    assert list(only["overlap"]["labels"]) == ["ch0" if one_hot else "2"]
+    with pytest.raises(MorphregError, match="select no structure"):
+        evaluate_registration(t, fl, ml, structures="7")

@@ -35,9 +35,13 @@ def evaluate_cmd(
     landmark_channels: str = typer.Option(None, "--landmark-channels", help="Structures that are point landmarks, e.g. "
                                           "'1-' (channels 1 on of a 4D one-hot stack; label values of a map): they get "
                                           "the centroid TRE |T(p) - q|, the others Dice and surface distances."),
+    label_channels: str = typer.Option(None, "--label-channels", help="Structures to evaluate, e.g. '0' (channel 0 of "
+                                       "4D one-hot stacks; label values of a map), as in 'morphreg register'; default all."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Evaluate a registration with measures independent of the method: Dice/Jaccard, surface
     distances (HD, HD95, HD99, ASSD in mm), landmark TRE, det J / folding / SDlogJ."""
+    from morphreg.cli.progress import StepProgress
     from morphreg.core.files import check_output_file
     from morphreg.evaluate import evaluate_registration, read_landmarks, write_metrics
     from morphreg.image.io import read_image
@@ -58,11 +62,13 @@ def evaluate_cmd(
     mov_grid = ml.grid if ml is not None else None
     fp = read_landmarks(fixed_landmarks, grid=grid) if fixed_landmarks else None
     mp = read_landmarks(moving_landmarks, grid=mov_grid) if moving_landmarks else None
-    metrics = evaluate_registration(
-        t, fl, ml, reference=None if ref is None else ref.grid, fixed_landmarks=fp, moving_landmarks=mp,
-        mask=read_image(mask, labels=True) if mask else None, inverse=load_transform(inverse) if inverse else None,
-        fixed=fixed_img, moving=read_image(moving, labels=False) if moving else None,
-        resample=not no_resample, interpolation=interpolation.value, landmark_channels=landmark_channels)
+    with StepProgress(console, quiet) as progress:
+        metrics = evaluate_registration(
+            t, fl, ml, reference=None if ref is None else ref.grid, fixed_landmarks=fp, moving_landmarks=mp,
+            mask=read_image(mask, labels=True) if mask else None, inverse=load_transform(inverse) if inverse else None,
+            fixed=fixed_img, moving=read_image(moving, labels=False) if moving else None,
+            resample=not no_resample, interpolation=interpolation.value, landmark_channels=landmark_channels,
+            structures=label_channels, progress=progress)
     metrics["inputs"] = {k: str(v) for k, v in inputs.items() if v}
     write_metrics(metrics, output)
     _print_summary(metrics)

@@ -7,6 +7,7 @@ Masks are numpy bool arrays in tensor order (D, H, W) / (H, W).
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from morphreg.errors import MorphregError
 from morphreg.image.grid import Grid
@@ -31,6 +32,57 @@ def label_masks(image: Image, labels: list[str] | None = None) -> dict[str, np.n
         empty = np.zeros(image.grid.shape, dtype=bool)
         masks = {k: masks.get(k, empty) for k in labels}
     return masks
+
+
+def structure_keys(image: Image) -> list[str]:
+    """The keys :func:`label_masks` gives ``image`` (``"ch<k>"`` per channel, or each non-zero value), without the masks."""
+    if image.channels > 1:
+        return [f"ch{k}" for k in range(image.channels)]
+    return [str(int(v)) for v in torch.unique(image.data[0]).tolist() if v != 0]
+
+
+def structure_crops(images: list[Image], keys: list[str]) -> list[dict[str, np.ndarray]]:
+    """Per image, the mask of each structure in ``keys`` cropped to the structure's joint bounding box
+    over all ``images`` (one grid) plus one voxel: what overlap and surface distances need, at the
+    cost of the structures' boxes instead of whole images (integer maps: scipy's ``find_objects``)."""
+    arrays = [image.data.detach().cpu().numpy() for image in images]
+    shape = images[0].grid.shape
+    boxes: dict[str, list] = {k: [] for k in keys}
+    for image, data in zip(images, arrays):
+        for key, box in _boxes(image, data, keys).items():
+            boxes[key].append(box)
+    crops: list[dict[str, np.ndarray]] = [{} for _ in images]
+    for key in keys:
+        found = [b for b in boxes[key] if b is not None]
+        box = tuple(slice(max(min(b[i].start for b in found) - 1, 0), min(max(b[i].stop for b in found) + 1, shape[i]))
+                    for i in range(len(shape))) if found else (slice(0, 1),) * len(shape)
+        for crop, image, data in zip(crops, images, arrays):
+            crop[key] = _structure_mask(image, data, key, box)
+    return crops
+
+
+def _structure_mask(image: Image, data: np.ndarray, key: str, box: tuple) -> np.ndarray:
+    if image.channels > 1:
+        c = int(key[2:]) if key.startswith("ch") and key[2:].isdigit() else -1
+        return data[c][box] != 0 if 0 <= c < image.channels else np.zeros(data.shape[1:], bool)[box]
+    return data[0][box] == int(key) if key.lstrip("-").isdigit() else np.zeros(data.shape[1:], bool)[box]
+
+
+def _boxes(image: Image, data: np.ndarray, keys: list[str]) -> dict[str, tuple | None]:
+    """Bounding box (tuple of slices, tensor order) of each structure of ``keys`` in ``image``, None if absent."""
+    from scipy import ndimage
+
+    if image.channels == 1 and data.dtype.kind in "iub" and data.size and data.min() >= 0:
+        found = ndimage.find_objects(data[0].astype(np.int64, copy=False))
+        return {k: found[int(k) - 1] if k.isdigit() and 0 < int(k) <= len(found) else None for k in keys}
+    return {k: _box(_structure_mask(image, data, k, (slice(None),) * (data.ndim - 1))) for k in keys}
+
+
+def _box(mask: np.ndarray) -> tuple | None:
+    if not mask.any():
+        return None
+    spans = [np.flatnonzero(np.any(mask, axis=tuple(j for j in range(mask.ndim) if j != i))) for i in range(mask.ndim)]
+    return tuple(slice(int(v[0]), int(v[-1]) + 1) for v in spans)
 
 
 def union_keys(*maps: dict[str, np.ndarray]) -> list[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from morphreg.errors import MorphregError
 from morphreg.image.grid import Grid
@@ -202,14 +203,28 @@ def write_landmarks_csv(points: PointSet, path: str | Path) -> Path:
 
 
 def label_centroids(labels: Image, keys: list[str] | None = None) -> PointSet:
-    """World centroid (mm) of each structure (one per channel, or per label value); NaN if empty."""
-    masks = label_masks(labels, keys)
-    keys = keys or union_keys(masks)
-    pts = np.full((len(keys), labels.dim), np.nan)
-    for i, k in enumerate(keys):
-        idx = np.argwhere(masks[k])  # tensor order (z, y, x)
-        if len(idx):
-            pts[i] = labels.grid.index_to_world_points(idx[:, ::-1].mean(0))
+    """World centroid (mm) of each structure (one per channel, or per label value); NaN if empty.
+
+    One pass over the image for all label values of an integer map (scipy's labelled centre of mass)."""
+    data = labels.data.detach().cpu().numpy()
+    keys = keys or union_keys(label_masks(labels))
+    index = np.full((len(keys), labels.dim), np.nan)  # tensor order (z, y, x)
+    with np.errstate(invalid="ignore", divide="ignore"):  # an empty structure: 0 / 0 = NaN, as wanted
+        if labels.channels > 1:
+            for i, k in enumerate(keys):
+                c = int(k[2:]) if k.startswith("ch") and k[2:].isdigit() else -1
+                if 0 <= c < labels.channels:
+                    index[i] = ndimage.center_of_mass(data[c] != 0)
+        else:
+            values = [int(k) if k.lstrip("-").isdigit() else None for k in keys]
+            asked = [i for i, v in enumerate(values) if v is not None and v != 0]
+            if asked:
+                found = ndimage.center_of_mass(data[0] != 0, data[0], [values[i] for i in asked])
+                index[asked] = np.asarray(found, dtype=np.float64).reshape(len(asked), labels.dim)
+    pts = np.full_like(index, np.nan)
+    ok = np.isfinite(index).all(1)
+    if ok.any():
+        pts[ok] = labels.grid.index_to_world_points(index[ok][:, ::-1])
     return PointSet(pts, list(keys))
 
 

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from morphreg.image.grid import Grid
 from morphreg.image.image import Image
 from morphreg.evaluate.labels import label_masks, to_reference, union_keys, voxel_volume
 
@@ -42,11 +43,18 @@ def overlap(reference_labels: Image, labels: Image, resample: bool = True, keys:
     """
     notes: list[str] = []
     labels = to_reference(labels, reference_labels.grid, resample, notes, "the evaluated label map")
-    ref_masks = label_masks(reference_labels)
-    masks = label_masks(labels)
+    out = overlap_of_masks(label_masks(reference_labels), label_masks(labels), reference_labels.grid, keys)
+    out["notes"] = notes + out["notes"]
+    return out
+
+
+def overlap_of_masks(ref_masks: dict[str, np.ndarray], masks: dict[str, np.ndarray], grid: Grid,
+                     keys: list[str] | None = None) -> dict:
+    """:func:`overlap` of masks already made by :func:`label_masks` (both on ``grid``)."""
+    notes: list[str] = []
     keys = keys or union_keys(ref_masks, masks)
-    vox = voxel_volume(reference_labels.grid)
-    empty = np.zeros(reference_labels.grid.shape, dtype=bool)
+    vox = voxel_volume(grid)
+    empty = np.zeros(grid.shape, dtype=bool)
     out: dict[str, dict] = {}
     for key in keys:
         a, b = ref_masks.get(key, empty), masks.get(key, empty)

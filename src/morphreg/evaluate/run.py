@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from morphreg.core.files import atomic_path
+from morphreg.errors import MorphregError
 from morphreg.image.labels import shared_labels
 from morphreg.image.grid import Grid
 from morphreg.image.image import Image
 from morphreg.transforms.base import Transform
 from morphreg.transforms.warp import warp
-from morphreg.evaluate.labels import label_masks, select_structures, to_reference, union_keys
+from morphreg.evaluate.labels import label_masks, select_structures, structure_crops, structure_keys, to_reference, union_keys
 from morphreg.evaluate.landmarks import PointSet, label_centroids, tre
-from morphreg.evaluate.overlap import overlap
-from morphreg.evaluate.surface import surface
+from morphreg.evaluate.overlap import overlap_of_masks
+from morphreg.evaluate.surface import surface_of_masks
 from morphreg.evaluate.transform_quality import mask_array, transform_quality
 from morphreg.evaluate.intensity import intensity_similarity
 
@@ -56,6 +58,8 @@ def evaluate_registration(
     interpolation: str = "nearest",
     centroid_landmarks: bool = True,
     landmark_channels: str | None = None,
+    structures: str | None = None,
+    progress: Callable[[str, int], Callable[[], None]] | None = None,
 ) -> dict:
     """Every independent measure that the inputs allow, as one JSON-ready dict.
 
@@ -74,7 +78,11 @@ def evaluate_registration(
         landmark_channels: which structures are point landmarks ("1-": channels 1 on of a one-hot
             stack, label values of a map; see :func:`morphreg.evaluate.labels.parse_selection`):
             they get the centroid TRE only, the others Dice and surface distances only.
+        structures: which structures are evaluated at all (same syntax, e.g. "0"; default all).
+        progress: ``progress(step, parts)`` is called as each step starts (its name and how many parts
+            it has) and returns a function called as each part ends (e.g. a progress bar's advance).
     """
+    step = progress or _silent
     notes: list[str] = []
     candidates = [("the reference", reference.grid if isinstance(reference, Image) else reference),
                   ("the fixed labels", None if fixed_labels is None else fixed_labels.grid),
@@ -82,8 +90,6 @@ def evaluate_registration(
                   ("the transform's own grid", transform.domain())]
     source, ref = next(((name, g) for name, g in candidates if g is not None), (None, None))
     if ref is None:
-        from morphreg.errors import MorphregError
-
         raise MorphregError("no reference grid: give fixed labels, a fixed image or --reference")
     if source == "the transform's own grid":
         notes.append("no reference, fixed labels or fixed image given: measured on the grid stored with the transform "
@@ -93,22 +99,30 @@ def evaluate_registration(
     if fixed_labels is not None and moving_labels is not None:
         shared_labels(fixed_labels, moving_labels)  # a map against a stack, or unequal stacks: refused, not scored 0
         fl = to_reference(fixed_labels, ref, resample, notes, "the fixed label map")
+        step("warping the moving labels", 1)
         with torch.no_grad():
             warped = warp(moving_labels, transform, ref, interpolation)
             before = warp(moving_labels, None, ref, "nearest")
-        keys = union_keys(label_masks(fl), label_masks(before))
+        keys = union_keys(dict.fromkeys(structure_keys(fl)), dict.fromkeys(structure_keys(before)))
+        if structures is not None:
+            keys = select_structures(keys, structures)
+            if not keys:
+                raise MorphregError(f"label channels {structures!r} select no structure of the label maps")
         landmark_keys = select_structures(keys, landmark_channels) if landmark_channels is not None else keys
         if landmark_channels is not None:
             keys = [k for k in keys if k not in landmark_keys]
             out["structures"] = {"overlap": keys, "landmarks": landmark_keys}
         if keys:
-            ov, sd = overlap(fl, warped, keys=keys), surface(fl, warped, keys=keys)
+            done = step(f"overlap, surface distances: {len(keys)} structures", 2 * len(keys))
+            fixed_masks, warped_masks, before_masks = structure_crops([fl, warped, before], keys)
+            ov, sd = overlap_of_masks(fixed_masks, warped_masks, ref, keys), surface_of_masks(fixed_masks, warped_masks, ref, keys, done)
             notes += ov.pop("notes") + sd.pop("notes")
             out["overlap"], out["surface"] = ov, sd
-            ov0, sd0 = overlap(fl, before, keys=keys), surface(fl, before, keys=keys)
+            ov0, sd0 = overlap_of_masks(fixed_masks, before_masks, ref, keys), surface_of_masks(fixed_masks, before_masks, ref, keys, done)
             ov0.pop("notes"), sd0.pop("notes")
             out["initial"] = {"overlap": ov0, "surface": sd0}
         if centroid_landmarks and landmark_keys:
+            step(f"centroid TRE of {len(landmark_keys)} structures", 1)
             ct = centroid_tre(fixed_labels, moving_labels, transform, landmark_keys)
             notes += ct.pop("notes")
             out["centroid_tre"] = ct
@@ -118,10 +132,12 @@ def evaluate_registration(
         t = tre(fixed_landmarks, moving_landmarks, transform)
         notes += t.pop("notes")
         out["tre"] = t
+    step("det J, folding and displacement" + (" and inverse consistency" if inverse is not None else ""), 1)
     q = transform_quality(transform, ref, mask=mask, inverse=inverse)
     notes += q.pop("notes")
     out["transform"] = q
     if fixed is not None and moving is not None:
+        step("intensity similarity", 1)
         fx = to_reference(fixed, ref, True, notes, "the fixed image") if not fixed.is_label else fixed
         with torch.no_grad():
             wm = warp(moving.float(), transform, ref, "linear")
@@ -130,6 +146,10 @@ def evaluate_registration(
         out["intensity_initial"] = intensity_similarity(fx.float(), bm, mask_array(mask, ref))
     out["notes"] = notes
     return out
+
+
+def _silent(step: str, parts: int) -> Callable[[], None]:
+    return lambda: None
 
 
 def _jsonable(obj):

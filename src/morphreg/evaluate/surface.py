@@ -1,9 +1,10 @@
 """Surface distances in mm between two binary masks on one grid.
 
 Surface voxels are mask voxels with at least one face neighbour outside the mask (the image border
-counts as outside). Distances are Euclidean between voxel centres in world mm: the exact Euclidean
-distance transform (scipy) with ``sampling = spacing``; the direction matrix is a rotation and does
-not change distances.
+counts as outside). Distances are Euclidean between voxel centres in world mm, exact: each surface
+voxel's nearest surface voxel of the other mask by a k-d tree of the surface points in mm (index x
+spacing; the direction matrix is a rotation and does not change distances). The tree costs the
+surfaces' size, not the image's (a distance transform of the whole grid gives the same values).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import math
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from morphreg.image.grid import Grid
 from morphreg.image.image import Image
@@ -26,21 +28,23 @@ def surface_voxels(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure, border_value=0)
 
 
-def _spacing_tensor_order(grid: Grid) -> tuple[float, ...]:
-    return tuple(float(s) for s in grid.spacing[::-1])  # tensor axes are (z, y, x)
+def _surface_points_mm(mask: np.ndarray, grid: Grid) -> np.ndarray:
+    """(n, ndim) positions in mm (tensor axis order, origin at index 0) of the surface voxels of ``mask``."""
+    return np.argwhere(surface_voxels(mask)) * np.asarray(grid.spacing[::-1], dtype=np.float64)
+
+
+def _nearest_mm(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    return cKDTree(targets).query(points, workers=-1)[0]
 
 
 def directed_surface_distances(a: np.ndarray, b: np.ndarray, grid: Grid) -> np.ndarray:
     """Distance (mm) from every surface voxel of ``a`` to the nearest surface voxel of ``b``."""
-    sa, sb = surface_voxels(a), surface_voxels(b)
-    dist_to_b = ndimage.distance_transform_edt(~sb, sampling=_spacing_tensor_order(grid))
-    return dist_to_b[sa]
+    return _nearest_mm(_surface_points_mm(a, grid), _surface_points_mm(b, grid))
 
 
 def _around(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both masks cropped to their joint bounding box plus one voxel: every surface voxel of either lies
-    inside, and so does its nearest one of the other, so the distances are exact; the distance
-    transforms then cost a small box instead of the whole image (45 brain labels: see RESULTS.md)."""
+    """Both masks cropped to their joint bounding box plus one voxel (so that a surface on the box
+    edge stays a surface): erosions then cost the structure's box, not the image."""
     either, box = a | b, []
     for axis in range(a.ndim):
         idx = np.flatnonzero(np.any(either, axis=tuple(i for i in range(a.ndim) if i != axis)))
@@ -57,8 +61,8 @@ def surface_distances(a: np.ndarray, b: np.ndarray, grid: Grid) -> dict[str, flo
     if not a.any() or not b.any():
         return {k: math.nan for k in SURFACE_METRICS}
     a, b = _around(a, b)
-    d_ab = directed_surface_distances(a, b, grid)
-    d_ba = directed_surface_distances(b, a, grid)
+    pa, pb = _surface_points_mm(a, grid), _surface_points_mm(b, grid)
+    d_ab, d_ba = _nearest_mm(pa, pb), _nearest_mm(pb, pa)
     return {
         "hausdorff_mm": float(max(d_ab.max(), d_ba.max())),
         "hd95_mm": float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95))),
@@ -75,14 +79,25 @@ def surface(reference_labels: Image, labels: Image, resample: bool = True, keys:
     """
     notes: list[str] = []
     labels = to_reference(labels, reference_labels.grid, resample, notes, "the evaluated label map")
-    ref_masks, masks = label_masks(reference_labels), label_masks(labels)
+    out = surface_of_masks(label_masks(reference_labels), label_masks(labels), reference_labels.grid, keys)
+    out["notes"] = notes + out["notes"]
+    return out
+
+
+def surface_of_masks(ref_masks: dict[str, np.ndarray], masks: dict[str, np.ndarray], grid: Grid,
+                     keys: list[str] | None = None, on_structure=None) -> dict:
+    """:func:`surface` of masks already made by :func:`label_masks` (both on ``grid``);
+    ``on_structure()`` is called after each structure (progress)."""
+    notes: list[str] = []
     keys = keys or union_keys(ref_masks, masks)
-    empty = np.zeros(reference_labels.grid.shape, dtype=bool)
+    empty = np.zeros(grid.shape, dtype=bool)
     out = {}
     for key in keys:
         a, b = ref_masks.get(key, empty), masks.get(key, empty)
         if not a.any() or not b.any():
             notes.append(f"label {key} is empty in {'both maps' if not (a.any() or b.any()) else 'one map'}: surface distances reported as NaN")
-        out[key] = surface_distances(a, b, reference_labels.grid)
+        out[key] = surface_distances(a, b, grid)
+        if on_structure is not None:
+            on_structure()
     mean = {m: nanmean(v[m] for v in out.values()) for m in SURFACE_METRICS}
     return {"labels": out, "mean": mean, "notes": notes}

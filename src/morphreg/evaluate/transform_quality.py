@@ -111,9 +111,12 @@ def transform_quality(transform: Transform, grid: Grid, mask: Image | np.ndarray
     inverse consistency (if ``inverse`` is given) and rigidity per mask in ``rigid_masks``."""
     notes: list[str] = []
     m = mask_array(mask, grid, notes)
-    det_j = jacobian_determinant(transform, grid)
-    out: dict = {"jacobian": jacobian_stats(det_j), "displacement": _norm_summary(displacement_magnitude(transform, grid)),
+    with torch.no_grad():  # T(x) once for det J and |u|
+        mapped = transform.map_grid(grid, dtype=torch.float64)
+    det_j = jacobian_determinant(transform, grid, mapped)
+    out: dict = {"jacobian": jacobian_stats(det_j), "displacement": _norm_summary(displacement_magnitude(transform, grid, mapped)),
                  "notes": notes}
+    del mapped
     if m is not None:
         out["jacobian_in_mask"] = jacobian_stats(det_j, m)
         out["rigidity_in_mask"] = rigidity(transform, grid, m)
