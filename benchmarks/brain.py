@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from peers import orientation_check, run_ants, run_dipy, run_elastix, run_fireants, run_niftyreg, set_threads  # noqa: E402
 
 
-COLUMNS = ["pair", "tool", "Dice before", "Dice after", "Dice (SimpleITK warp)", "folding %", "SDlogJ", "min detJ", "median detJ", "time s", "orient. corr"]
+COLUMNS = ["pair", "tool", "Dice before", "Dice after", "Dice (SimpleITK warp)", "folding %", "SDlogJ", "min detJ", "median detJ",
+           "time s", "orient. corr"]
 
 
 def main() -> None:

@@ -319,7 +319,8 @@ def test_evaluate_registration_and_cli(tmp_path):
     assert saved["overlap"]["mean"]["dice"] == pytest.approx(m["overlap"]["mean"]["dice"])
     r = CliRunner().invoke(app, ["compare", str(out), str(out), "--csv", str(tmp_path / "c.csv")])
     assert r.exit_code == 0 and "overlap/mean/dice" in r.output and (tmp_path / "c.csv").exists()
-    r = CliRunner().invoke(app, ["evaluate", "--fixed-landmarks", str(tmp_path / "f.csv"), "--transform", str(tmp_path / "t.h5"), "-o", str(out)])
+    r = CliRunner().invoke(app, ["evaluate", "--fixed-landmarks", str(tmp_path / "f.csv"), "--transform", str(tmp_path / "t.h5"),
+                                "-o", str(out)])
     assert isinstance(r.exception, MorphregError)
 
 

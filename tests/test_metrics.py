@@ -115,7 +115,7 @@ def test_masks_select_voxels(dim):
     # a weight of 2 everywhere is the same as no mask
     assert mse(f, noise, torch.full(shape, 2.0)).item() == pytest.approx(mse(f, noise).item())
     # masks per batch element
-    fb = torch.cat([f, f]); mb = torch.cat([m, m])
+    fb, mb = torch.cat([f, f]), torch.cat([m, m])
     masks = torch.stack([left, ~left])[:, None]
     per = ncc(fb, mb, masks).item()
     assert per == pytest.approx((ncc(f, m, left).item() + ncc(f, m, ~left).item()) / 2)

@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.browser,
 
 
 def _chromium(args: list[str], profile) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
+    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
+                          encoding="utf-8", errors="replace", timeout=120)
 
 
 def test_report_loads_in_chromium(tmp_path):

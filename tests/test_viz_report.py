@@ -142,3 +142,19 @@ def test_report_uses_metrics_json_and_cli(tmp_path):
     assert "Centroid TRE got worse" in html and "Mean Dice got worse" in html and "Labels missing" in html
     r = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x.html")])
     assert isinstance(r.exception, MorphregError)
+
+
+def test_equal_measures_are_not_reported_as_worse(tmp_path):
+    """An identity result: TRE 9.41 -> 9.41 mm up to float32 rounding, Dice unchanged. Neither is 'worse'
+    (nor a red card); a change that shows in the printed digits is."""
+    from morphreg.report import build_report
+
+    result = write_result_dir(tmp_path / "res")
+    for final_tre, final_dice, worse in ((9.410004, 0.502, False), (9.52, 0.49, True)):
+        metrics = {"overlap": {"mean": {"dice": final_dice}}, "initial": {"overlap": {"mean": {"dice": 0.502}}},
+                   "centroid_tre": {"initial": {"mean_mm": 9.41}, "final": {"mean_mm": final_tre}, "points": []},
+                   "transform": {"jacobian": {"folding_percent": 0.0}}, "notes": []}
+        (result / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+        html = build_report(result, tmp_path / f"r{worse}.html").read_text(encoding="utf-8")
+        assert ("Centroid TRE got worse" in html) == worse and ("Mean Dice got worse" in html) == worse
+        assert ("class='card bad'" in html) == worse

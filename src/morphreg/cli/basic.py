@@ -62,7 +62,8 @@ def info_cmd(
 
 
 def apply_cmd(
-    transform: Path = typer.Argument(..., help="Transform (fixed -> moving): .pt, ITK .tfm/.txt/.h5/.mat, elastix TransformParameters, or displacement-field image."),
+    transform: Path = typer.Argument(..., help="Transform (fixed -> moving): .pt, ITK .tfm/.txt/.h5/.mat, elastix "
+                                    "TransformParameters, or displacement-field image."),
     image: Path = typer.Argument(..., help="The moving image to resample."),
     reference: Path = typer.Option(..., "--reference", "-r", help="Image whose grid the output is sampled on (the fixed image)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output image file."),

@@ -19,19 +19,23 @@ class LabelInterpolation(str, Enum):
 
 
 def evaluate_cmd(
-    transform: Path = typer.Option(..., "--transform", "-t", help="Saved transform (fixed -> moving): .h5/.tfm/.txt/.pt or displacement image."),
+    transform: Path = typer.Option(..., "--transform", "-t", help="Saved transform (fixed -> moving): .h5/.tfm/.txt/.pt "
+                                    "or displacement image."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write metrics.json."),
     fixed_labels: Path = typer.Option(None, "--fixed-labels", help="Fixed label map (integer labels or one-hot 4D channels)."),
     moving_labels: Path = typer.Option(None, "--moving-labels", help="Moving label map; warped here with the transform."),
     reference: Path = typer.Option(None, "--reference", "-r", help="Image whose grid the evaluation uses (default: the fixed labels')."),
-    fixed_landmarks: Path = typer.Option(None, "--fixed-landmarks", help="Fixed landmarks: CSV/JSON (LPS mm), Slicer .fcsv/.mrk.json, elastix point set."),
+    fixed_landmarks: Path = typer.Option(None, "--fixed-landmarks", help="Fixed landmarks: CSV/JSON (LPS mm), "
+                                        "Slicer .fcsv/.mrk.json, elastix point set."),
     moving_landmarks: Path = typer.Option(None, "--moving-landmarks", help="Corresponding moving landmarks (same order)."),
     mask: Path = typer.Option(None, "--mask", help="Region (non-zero) for folding statistics and rigidity."),
     inverse: Path = typer.Option(None, "--inverse", help="Inverse transform (moving -> fixed) for the inverse consistency error."),
     fixed: Path = typer.Option(None, "--fixed", help="Fixed image (for intensity similarity, reported apart)."),
     moving: Path = typer.Option(None, "--moving", help="Moving image (for intensity similarity, reported apart)."),
-    interpolation: LabelInterpolation = typer.Option(LabelInterpolation.nearest, "--interpolation", help="How the moving labels are warped."),
-    no_resample: bool = typer.Option(False, "--no-resample", help="Refuse label maps on a grid other than the reference instead of resampling them."),
+    interpolation: LabelInterpolation = typer.Option(LabelInterpolation.nearest, "--interpolation",
+                                        help="How the moving labels are warped."),
+    no_resample: bool = typer.Option(False, "--no-resample",
+                                    help="Refuse label maps on a grid other than the reference instead of resampling them."),
     landmark_channels: str = typer.Option(None, "--landmark-channels", help="Structures that are point landmarks, e.g. "
                                           "'1-' (channels 1 on of a 4D one-hot stack; label values of a map): they get "
                                           "the centroid TRE |T(p) - q|, the others Dice and surface distances."),
@@ -97,8 +101,10 @@ def _print_summary(m: dict) -> None:
 
 
 def compare_cmd(
-    inputs: list[Path] = typer.Argument(..., help="metrics.json files (one per method; may hold {'cases': ...}) or folders of <case>/metrics.json."),
-    metric: list[str] = typer.Option(None, "--metric", "-m", help="Flat metric names, e.g. overlap/mean/dice (default: the headline ones)."),
+    inputs: list[Path] = typer.Argument(..., help="metrics.json files (one per method; may hold {'cases': ...}) "
+                                                "or folders of <case>/metrics.json."),
+    metric: list[str] = typer.Option(None, "--metric", "-m", help="Flat metric names, "
+                                                "e.g. overlap/mean/dice (default: the headline ones)."),
     output: Path = typer.Option(None, "--output", "-o", help="Write the markdown table here too."),
     csv_out: Path = typer.Option(None, "--csv", help="Per-case table (all methods) as CSV."),
     json_out: Path = typer.Option(None, "--json", help="Summaries and tests as JSON."),

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 2 a problem with the input or the command line (one line naming the file or
 the option); 1 an internal error (a bug: one line, the traceback in a log file, printed with
-``--debug``); 3 ``batch`` / ``segment`` ran but some rows / atlases failed (it says how many); 130 / 143 interrupted by SIGINT (Ctrl-C) / SIGTERM. Outputs are complete or absent in
+``--debug``); 3 ``batch`` / ``segment`` ran but some rows / atlases failed (it says how many); 130 / 143
+interrupted by SIGINT (Ctrl-C) / SIGTERM. Outputs are complete or absent in
 every case (see :mod:`morphreg.core.files`).
 """
 from __future__ import annotations

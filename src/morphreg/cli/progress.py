@@ -3,7 +3,7 @@ and the time it took; nothing with ``quiet``. ``StepProgress`` is the ``progress
 :func:`morphreg.evaluate.evaluate_registration` (and other step-wise work) takes."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn

@@ -25,7 +25,8 @@ def register_cmd(
                                     "'multicontrast' (MI, MIND, checked stages) for two contrasts of the same anatomy, "
                                     "'multimodal' (cautious rigid) for images that do not overlay, e.g. ultrasound vs "
                                     "MR; 'labels' when label maps are given) | accurate (default with a finer velocity "
-                                    "and a full-resolution level; brain T1: about 2.3x default's time) | learned (a trained network: --model). "
+                                    "and a full-resolution level; slower, see benchmarks/RESULTS.md) | learned (a trained "
+                                    "network: --model). "
                                     "'morphreg presets list' shows them."),
     model: str = typer.Option(None, "--model", help="With --preset learned: a model file or a shipped model's name "
                               "('morphreg models'); 'morphreg predict' adds instance optimisation."),

@@ -97,10 +97,10 @@ class Grid:
                 "direction": self.direction.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Grid":
+    def from_dict(cls, d: dict) -> Grid:
         return cls(d["size"], d["origin"], d["spacing"], d["direction"])
 
-    def same_as(self, other: "Grid", tol: float = 1e-5) -> bool:
+    def same_as(self, other: Grid, tol: float = 1e-5) -> bool:
         """True if both grids have the same size and (within ``tol`` mm or relative) geometry."""
         return (
             self.size == other.size
@@ -174,34 +174,34 @@ class Grid:
         return out
 
     # ----- derived grids -----------------------------------------------------------------------------
-    def with_spacing(self, spacing) -> "Grid":
+    def with_spacing(self, spacing) -> Grid:
         """A grid over the same physical extent with a new spacing (mm); the centre is kept."""
         spacing = _as_vector(spacing, self.dim, "spacing")
         size = np.maximum(1, np.floor(self.extent / spacing + 1e-6).astype(int) + 1)
         return self.with_size_about_center(size, spacing)
 
-    def with_size_about_center(self, size, spacing) -> "Grid":
+    def with_size_about_center(self, size, spacing) -> Grid:
         size = np.asarray(size, int)
         spacing = _as_vector(spacing, self.dim, "spacing")
         half = (size - 1) / 2 * spacing
         origin = self.center() - self.direction @ half
         return Grid(size.tolist(), origin, spacing, self.direction)
 
-    def downsample(self, factor) -> "Grid":
+    def downsample(self, factor) -> Grid:
         """Grid with ``factor`` times fewer points per axis (ITK shrink: same extent, centre kept)."""
         f = _as_vector(factor, self.dim, "shrink factor")
         size = np.maximum(1, np.floor(np.asarray(self.size) / f).astype(int))
         spacing = self.spacing * np.asarray(self.size) / size
         return self.with_size_about_center(size, spacing)
 
-    def crop(self, start, stop) -> "Grid":
+    def crop(self, start, stop) -> Grid:
         """Sub-grid of index range [start, stop) per axis (ITK order); may extend beyond (padding)."""
         start = np.asarray(start, int)
         stop = np.asarray(stop, int)
         return Grid((stop - start).tolist(), self.index_to_world_points(start), self.spacing, self.direction)
 
     @staticmethod
-    def bounding(points: np.ndarray, spacing, direction=None, margin: float = 0.0) -> "Grid":
+    def bounding(points: np.ndarray, spacing, direction=None, margin: float = 0.0) -> Grid:
         """Smallest grid with the given spacing/direction that covers ``points`` (N, dim) plus margin mm."""
         points = np.asarray(points, np.float64)
         dim = points.shape[1]

@@ -95,7 +95,8 @@ def surface_of_masks(ref_masks: dict[str, np.ndarray], masks: dict[str, np.ndarr
     for key in keys:
         a, b = ref_masks.get(key, empty), masks.get(key, empty)
         if not a.any() or not b.any():
-            notes.append(f"label {key} is empty in {'both maps' if not (a.any() or b.any()) else 'one map'}: surface distances reported as NaN")
+            notes.append(f"label {key} is empty in {'both maps' if not (a.any() or b.any()) else 'one map'}"
+                          ": surface distances reported as NaN")
         out[key] = surface_distances(a, b, grid)
         if on_structure is not None:
             on_structure()

@@ -65,14 +65,14 @@ class Image:
         """Data as a batch of one: (1, C, *shape)."""
         return self.data.unsqueeze(0)
 
-    def with_data(self, data: torch.Tensor, name: str | None = None) -> "Image":
+    def with_data(self, data: torch.Tensor, name: str | None = None) -> Image:
         """Same geometry, new voxels (shape (C, *shape) or (*shape))."""
         return Image(data, self.grid, self.name if name is None else name)
 
-    def to(self, device=None, dtype=None) -> "Image":
+    def to(self, device=None, dtype=None) -> Image:
         return Image(self.data.to(device=device, dtype=dtype), self.grid, self.name)
 
-    def float(self) -> "Image":
+    def float(self) -> Image:
         return self.to(dtype=torch.float32)
 
     def labels(self) -> list[int]:
@@ -87,7 +87,7 @@ class Image:
     def __repr__(self) -> str:
         return f"Image({self.name!r}, channels={self.channels}, dtype={self.data.dtype}, {self.grid!r})"
 
-    def check_finite(self) -> "Image":
+    def check_finite(self) -> Image:
         if self.data.is_floating_point() and not torch.isfinite(self.data).all():
             bad = int((~torch.isfinite(self.data)).sum())
             raise MorphregError(f"image has {bad} NaN/inf voxels", self.name)

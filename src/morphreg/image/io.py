@@ -92,8 +92,8 @@ def _label_word(word: str) -> bool:
 def looks_like_labels(image: Image, path: Path) -> bool:
     """The automatic rule for a file read without a stated role: integer data with at most
     ``MAX_LABEL_VALUES`` distinct values AND a file name with a word such as label/seg/mask/parc/gt,
-    or a folder name starting or ending with one (``labelsTr/case_001.nii.gz``, ``fixed_labels/obs000.nii.gz``). An int16 CT named ``moving.mha`` is an intensity image; ``aseg.nii.gz``
-    and ``fixed_labels/obs000.nii.gz`` are label maps."""
+    or a folder name starting or ending with one (``labelsTr/case_001.nii.gz``, ``fixed_labels/obs000.nii.gz``).
+    An int16 CT named ``moving.mha`` is an intensity image; ``aseg.nii.gz`` and ``fixed_labels/obs000.nii.gz`` are label maps."""
     folder = _words(path.parent.name)
     named = any(_label_word(w) for w in _words(path.name)) or any(_label_word(w) for w in folder[:1] + folder[-1:])
     if not image.is_label or not named:

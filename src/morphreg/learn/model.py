@@ -176,7 +176,7 @@ class RegistrationNet(nn.Module):
                 **({"keypoint_maps": self.keypoint_maps} if self.keypoint_maps != "softmax" else {})}
 
     @classmethod
-    def from_config(cls, config: dict) -> "RegistrationNet":
+    def from_config(cls, config: dict) -> RegistrationNet:
         c = dict(config)
         space = c.pop("space")
         return cls(ModelSpace(tuple(space["size"]), tuple(space["spacing"]), tuple(space["percentiles"])), **c)

@@ -70,7 +70,8 @@ def register_atlas(atlas: Atlas, target: str, preset: str = "default", overrides
         weights = local_weights(result.fixed, result.warped)
         if weighted:
             record["weights"] = weights.numpy().astype(np.float32)
-        record.update(status="ok", similarity=float(weights.mean()), final_metric=result.final_metric, folding_percent=result.folding_percent,
+        record.update(status="ok", similarity=float(weights.mean()), final_metric=result.final_metric,
+                      folding_percent=result.folding_percent,
                       labels=warped.data[0].numpy().astype(np.int16))
     return record
 

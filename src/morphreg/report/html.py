@@ -224,9 +224,10 @@ def _label_rows(m: dict) -> list[list]:
 
 def _tre_section(name: str, t: dict) -> str:
     i, f = t.get("initial", {}), t.get("final", {})
-    worse = _num(f.get("mean_mm")) > _num(i.get("mean_mm")) + 1e-9
+    worse = _shown_worse(i.get("mean_mm"), f.get("mean_mm"), ".3g")
     rows = [[s, i.get(k), _Raw(f"<span class='{'bad' if worse and k == 'mean_mm' else ''}'>{_fmt(f.get(k))}</span>")]
-            for s, k in (("mean (mm)", "mean_mm"), ("std (mm)", "std_mm"), ("median (mm)", "median_mm"), ("max (mm)", "max_mm"), ("points", "n"))]
+            for s, k in (("mean (mm)", "mean_mm"), ("std (mm)", "std_mm"), ("median (mm)", "median_mm"),
+                  ("max (mm)", "max_mm"), ("points", "n"))]
     pts = t.get("points", [])
     per = _table(["point", "initial (mm)", "final (mm)"], [[p["name"], p.get("initial_mm"), p.get("final_mm")] for p in pts])
     return (f"<h3>{_e(name)}</h3>" + _table(["", "before", "after"], rows)
@@ -235,6 +236,17 @@ def _tre_section(name: str, t: dict) -> str:
 
 def _num(v) -> float:
     return float(v) if isinstance(v, (int, float)) and v is not None else math.nan
+
+
+def _shown_worse(before, after, form: str) -> bool:
+    """``after`` is larger than ``before`` (lower is better) by enough to show in the format the page uses:
+    an identity result's TRE (9.41 mm -> 9.41 mm, float32 rounding apart) is not worse."""
+    b, a = _num(before), _num(after)
+    return math.isfinite(b) and math.isfinite(a) and a > b and f"{a:{form}}" != f"{b:{form}}"
+
+
+def _card(value: str, label: str, bad: bool) -> str:
+    return f"<div class='card{' bad' if bad else ''}'><div class='v'>{value}</div><div class='l'>{label}</div></div>"
 
 
 def _warnings(m: dict, res: _Result) -> list[str]:
@@ -246,12 +258,12 @@ def _warnings(m: dict, res: _Result) -> list[str]:
     found = [{"kind": f"report:{i}", "text": w} for i, w in enumerate(res.warnings)]
     for key, name in (("tre", "Landmark TRE"), ("centroid_tre", "Centroid TRE")):
         t = m.get(key)
-        if t and _num(t["final"].get("mean_mm")) > _num(t["initial"].get("mean_mm")) + 1e-9:
+        if t and _shown_worse(t["initial"].get("mean_mm"), t["final"].get("mean_mm"), ".3g"):
             found.append({"kind": key, "text": f"{name} got worse: {t['initial']['mean_mm']:.3g} mm before, "
                                                f"{t['final']['mean_mm']:.3g} mm after registration"})
     d0 = _num(m.get("initial", {}).get("overlap", {}).get("mean", {}).get("dice"))
     d1 = _num(m.get("overlap", {}).get("mean", {}).get("dice"))
-    if d1 < d0 - 1e-9:
+    if _shown_worse(-d0, -d1, ".3f"):
         found.append({"kind": "dice", "text": f"Mean Dice got worse: {d0:.3f} before, {d1:.3f} after registration"})
     for i, note in enumerate(m.get("notes", [])):
         if "missing" in note or "empty" in note:
@@ -270,19 +282,20 @@ def _cards(m: dict) -> str:
     def card(label, before, after, unit="", lower_better=False, digits=3):
         if not math.isfinite(_num(after)):
             return
-        bad = math.isfinite(_num(before)) and ((after > before) if lower_better else (after < before))
+        bad = _shown_worse(before, after, f".{digits}g") if lower_better else _shown_worse(-_num(before), -_num(after), f".{digits}g")
         b = f"{_fmt(before, digits)} &rarr; " if math.isfinite(_num(before)) else ""
-        cards.append(f"<div class='card{' bad' if bad else ''}'><div class='v'>{b}{_fmt(after, digits)}{unit}</div><div class='l'>{_e(label)}</div></div>")
+        cards.append(_card(f"{b}{_fmt(after, digits)}{unit}", _e(label), bad))
 
     ini = m.get("initial", {})
     card("mean Dice (before → after)", ini.get("overlap", {}).get("mean", {}).get("dice"), m.get("overlap", {}).get("mean", {}).get("dice"))
-    card("mean HD95, mm", ini.get("surface", {}).get("mean", {}).get("hd95_mm"), m.get("surface", {}).get("mean", {}).get("hd95_mm"), " mm", True)
+    card("mean HD95, mm", ini.get("surface", {}).get("mean", {}).get("hd95_mm"),
+         m.get("surface", {}).get("mean", {}).get("hd95_mm"), " mm", True)
     for key, label in (("tre", "landmark TRE, mm"), ("centroid_tre", "centroid TRE, mm")):
         if key in m:
             card(label, m[key]["initial"].get("mean_mm"), m[key]["final"].get("mean_mm"), " mm", True)
     fold = m.get("transform", {}).get("jacobian", {}).get("folding_percent")
     if fold is not None:
-        cards.append(f"<div class='card{' bad' if fold > 0 else ''}'><div class='v'>{_fmt(fold)}%</div><div class='l'>folding (det J ≤ 0)</div></div>")
+        cards.append(_card(f"{_fmt(fold)}%", "folding (det J ≤ 0)", fold > 0))
     return f"<div class='cards'>{''.join(cards)}</div>" if cards else ""
 
 
@@ -296,18 +309,21 @@ def _pictures(res: _Result, grid, warped: Image | None, det_j: np.ndarray, displ
     if fx is not None and mv is not None and warped is not None:
         before = warp(mv.float(), None, grid, "linear")
         out.append(_img(viz.to_png(viz.checkerboard(fx, warped, before, center=center)), "image/png",
-                        "Checkerboard of fixed and moving image, before and after registration: edges should continue across squares.", "checkerboard"))
+                        "Checkerboard of fixed and moving image, before and after registration: "
+                        "edges should continue across squares.", "checkerboard"))
         out.append(_img(viz.to_png(viz.overlay(fx, warped, before, center=center)), "image/png",
                         "Colour fusion: fixed in magenta, moving in green; well aligned structures appear grey/white.", "overlay"))
         out.append(_img(viz.to_png(viz.difference(fx, warped, before, center=center)), "image/png",
-                        "Difference of windowed intensities (fixed - moving); meaningful for images of the same modality only.", "difference"))
+                        "Difference of windowed intensities (fixed - moving); "
+                        "meaningful for images of the same modality only.", "difference"))
         out.append(_img(viz.flicker_gif(fx, warped, center=center), "image/gif",
                         "Flicker: fixed and warped moving image alternate; anatomy that jumps is misaligned.", "flicker"))
     if fx is not None and fl is not None and ml is not None and fl.grid.same_as(grid):
         with torch.no_grad():
             wl, bl = warp(ml, res.transform, grid, "nearest"), warp(ml, None, grid, "nearest")
         out.append(_img(viz.to_png(viz.contours(fx, fl, wl, bl, center=center)), "image/png",
-                        "Label outlines on the fixed image: fixed (green), moving before registration (red), moving after registration (yellow).", "contours"))
+                        "Label outlines on the fixed image: fixed (green), "
+                        "moving before registration (red), moving after registration (yellow).", "contours"))
     bg = fx if fx is not None and fx.grid.same_as(grid) else None
     out.append(_img(viz.to_png(viz.deformed_grid(displacement, grid, bg, center=center)), "image/png",
                     "Deformed grid: lines of the fixed grid moved by the transform (fixed → moving).", "deformed grid"))
@@ -377,7 +393,8 @@ def build_report(result_dir: str | Path, out_html: str | Path, title: str | None
     parts.append(f"<section><h2>Key figures</h2>{_cards(metrics)}<p class='note'>Transform maps fixed-image points to "
                  "moving-image points (world LPS mm). Labels and landmarks were warped with the saved transform, "
                  "independently of the method's own output.</p></section>")
-    parts.append("<section><h2>Inputs and geometry</h2>" + _table(["input", "size (x, y, z)", "spacing (mm)", "origin (mm, LPS)", "direction", "type"],
+    parts.append("<section><h2>Inputs and geometry</h2>" +
+                 _table(["input", "size (x, y, z)", "spacing (mm)", "origin (mm, LPS)", "direction", "type"],
                  _geometry_rows(res.images, s)) + f"<p class='note'>Transform file: <code>{_e(res.transform_file)}</code> "
                  f"({_e(type(res.transform).__name__)})</p></section>")
     method = [["preset", s.get("preset", "n/a")], ["modality", s.get("modality", "n/a")]]

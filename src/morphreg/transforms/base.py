@@ -13,7 +13,7 @@ from torch import nn
 from morphreg.core.differences import mapping_jacobian_determinant, world_gradient
 from morphreg.image.grid import Grid
 
-TRANSFORM_TYPES: dict[str, type["Transform"]] = {}
+TRANSFORM_TYPES: dict[str, type[Transform]] = {}
 
 
 class Transform(nn.Module):
@@ -60,7 +60,7 @@ class Transform(nn.Module):
         mapped = self.map_grid(grid, dtype, device).to(torch.float64)
         return mapping_jacobian_determinant(torch.movedim(mapped, -1, 1), grid).to(dtype)
 
-    def freeze(self) -> "Transform":
+    def freeze(self) -> Transform:
         """No more optimisation: parameters stop requiring gradients and the transforms inside may
         cache what they compute from them (an SVF its exponential). Returns self."""
         for p in self.parameters():
@@ -71,13 +71,13 @@ class Transform(nn.Module):
         return self
 
     # ----- algebra ----------------------------------------------------------------------------------
-    def compose(self, other: "Transform") -> "Transform":
+    def compose(self, other: Transform) -> Transform:
         """self o other: x -> self(other(x)). (Warping with it applies ``other`` to fixed points first.)"""
         from morphreg.transforms.composite import CompositeTransform
 
         return CompositeTransform([self, other])
 
-    def inverse(self, grid: Grid | None = None, iterations: int = 50, tolerance: float = 1e-3) -> "Transform":
+    def inverse(self, grid: Grid | None = None, iterations: int = 50, tolerance: float = 1e-3) -> Transform:
         """Inverse transform. Dense/non-linear models use a fixed-point iteration on ``grid``.
 
         The result carries ``inverse_residual`` (max and mean |T(T^-1(y)) - y| in mm on the grid).
@@ -106,7 +106,7 @@ class Transform(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Transform":
+    def from_dict(cls, d: dict) -> Transform:
         raise NotImplementedError
 
     def save(self, path, grid: Grid | None = None):
@@ -117,7 +117,7 @@ class Transform(nn.Module):
         return save_transform(self, path, grid=grid)
 
     @staticmethod
-    def load(path) -> "Transform":
+    def load(path) -> Transform:
         from morphreg.transforms.io import load_transform
 
         return load_transform(path)

@@ -54,7 +54,7 @@ class BSplineTransform(Transform):
         self.coefficients = nn.Parameter(coefficients.float())
 
     @classmethod
-    def for_grid(cls, domain: Grid, control_spacing) -> "BSplineTransform":
+    def for_grid(cls, domain: Grid, control_spacing) -> BSplineTransform:
         """Identity B-spline with control points every ``control_spacing`` mm over ``domain``."""
         return cls(control_grid_for(domain, control_spacing), domain=domain)
 
@@ -99,7 +99,7 @@ class BSplineTransform(Transform):
             field = field * self._valid(u, k).to(dtype).view(view)
         return x + torch.movedim(field, 1, -1)
 
-    def refine(self) -> "BSplineTransform":
+    def refine(self) -> BSplineTransform:
         """Same deformation on a control grid of half the spacing (exact, by B-spline subdivision).
 
         Fine coefficients follow the two-scale relation c'_{2i} = (c_{i-1} + 6 c_i + c_{i+1}) / 8,
@@ -125,7 +125,7 @@ class BSplineTransform(Transform):
         fine = Grid([2 * n - 3 for n in g.size], g.origin + g.direction @ (g.spacing / 2), g.spacing / 2, g.direction)
         return BSplineTransform(fine, c.contiguous(), self.domain_grid, itk_valid_region=True)
 
-    def padded(self, nodes: int = 3) -> "BSplineTransform":
+    def padded(self, nodes: int = 3) -> BSplineTransform:
         """The same map on a control grid with ``nodes`` extra zero coefficients on every side.
 
         With 3 nodes ITK's valid region covers the whole support, so ITK evaluates it as morphreg does.

@@ -45,7 +45,7 @@ class CompositeTransform(Transform):
                 return t.domain()
         return None
 
-    def inverse(self, grid: Grid | None = None, **kwargs) -> "CompositeTransform":
+    def inverse(self, grid: Grid | None = None, **kwargs) -> CompositeTransform:
         """(T_0 o ... o T_n)^-1 = T_n^-1 o ... o T_0^-1; each part inverts its own way.
 
         A dense part's inverse is represented on its own domain, or on ``grid``.

@@ -120,7 +120,7 @@ class StationaryVelocityFieldTransform(Transform):
     def map_grid(self, grid: Grid, dtype=torch.float32, device=None) -> torch.Tensor:
         return DisplacementFieldTransform(self.field(), self.grid, parameter=False).map_grid(grid, dtype, device)
 
-    def inverse(self, grid: Grid | None = None, **_) -> "StationaryVelocityFieldTransform":
+    def inverse(self, grid: Grid | None = None, **_) -> StationaryVelocityFieldTransform:
         return StationaryVelocityFieldTransform(-self.velocity.detach(), self.grid, self.steps)
 
     def to_dict(self) -> dict:

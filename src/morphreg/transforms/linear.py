@@ -41,6 +41,11 @@ def rotation_axis_angle(v: torch.Tensor) -> torch.Tensor:
     return torch.eye(3, dtype=v.dtype, device=v.device) + a * k + b * (k @ k)
 
 
+def _parameter_values(value, default: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+    """float32 tensor of ``shape`` from ``value`` (array-like, read in float64), or ``default`` when None."""
+    return torch.as_tensor(default if value is None else np.asarray(value, np.float64)).float().reshape(shape)
+
+
 class LinearTransform(Transform):
     """Base of all linear models. Subclasses implement :meth:`matrix`."""
 
@@ -49,8 +54,8 @@ class LinearTransform(Transform):
     def __init__(self, dim: int, center=None, translation=None):
         super().__init__()
         self.dim = dim
-        self.register_buffer("center", torch.as_tensor(np.zeros(dim) if center is None else np.asarray(center, np.float64)).float().reshape(dim))
-        self.translation = nn.Parameter(torch.as_tensor(np.zeros(dim) if translation is None else np.asarray(translation, np.float64)).float().reshape(dim))
+        self.register_buffer("center", _parameter_values(center, np.zeros(dim), (dim,)))
+        self.translation = nn.Parameter(_parameter_values(translation, np.zeros(dim), (dim,)))
 
     def matrix(self) -> torch.Tensor:
         raise NotImplementedError
@@ -75,7 +80,7 @@ class LinearTransform(Transform):
         a = self.matrix().to(dtype=dtype, device=device)
         return a.expand(1, *grid.shape, self.dim, self.dim)
 
-    def inverse(self, grid: Grid | None = None, **_) -> "AffineTransform":
+    def inverse(self, grid: Grid | None = None, **_) -> AffineTransform:
         """Closed form: x = A^-1 (y - c - t) + c, expressed about the same centre."""
         a = self.matrix().detach().double()
         a_inv = torch.linalg.inv(a)
@@ -88,7 +93,7 @@ class LinearTransform(Transform):
             return AffineTransform(self.dim, matrix=m[: self.dim, : self.dim].numpy(), translation=m[: self.dim, self.dim].numpy())
         return super().compose(other)
 
-    def to_affine(self) -> "AffineTransform":
+    def to_affine(self) -> AffineTransform:
         """Same map as a general affine about the same centre."""
         return AffineTransform(self.dim, matrix=self.matrix().detach().double().numpy(),
                                translation=self.translation.detach().double().numpy(), center=self.center.numpy())
@@ -125,7 +130,7 @@ class RigidTransform(LinearTransform):
             raise ValueError(f"rotation must be 'euler' or 'versor', got {rotation!r}")
         self.rotation = rotation
         n = 1 if dim == 2 else 3
-        self.angles = nn.Parameter(torch.as_tensor(np.zeros(n) if angles is None else np.asarray(angles, np.float64)).float().reshape(n))
+        self.angles = nn.Parameter(_parameter_values(angles, np.zeros(n), (n,)))
 
     def rotation_matrix(self) -> torch.Tensor:
         if self.dim == 2:
@@ -175,14 +180,14 @@ class AffineTransform(LinearTransform):
         super().__init__(dim, center, translation)
         self.parameterization = parameterization
         if parameterization == "matrix":
-            self.matrix_ = nn.Parameter(torch.as_tensor(np.eye(dim) if matrix is None else np.asarray(matrix, np.float64)).float().reshape(dim, dim))
+            self.matrix_ = nn.Parameter(_parameter_values(matrix, np.eye(dim), (dim, dim)))
         elif parameterization == "decomposed":
             if matrix is not None:
                 raise ValueError("give angles/log_scales/shears with parameterization='decomposed', not a matrix")
             n_rot, n_shear = (1, 1) if dim == 2 else (3, 3)
-            self.angles = nn.Parameter(torch.as_tensor(np.zeros(n_rot) if angles is None else np.asarray(angles, np.float64)).float().reshape(n_rot))
-            self.log_scales = nn.Parameter(torch.as_tensor(np.zeros(dim) if log_scales is None else np.asarray(log_scales, np.float64)).float().reshape(dim))
-            self.shears = nn.Parameter(torch.as_tensor(np.zeros(n_shear) if shears is None else np.asarray(shears, np.float64)).float().reshape(n_shear))
+            self.angles = nn.Parameter(_parameter_values(angles, np.zeros(n_rot), (n_rot,)))
+            self.log_scales = nn.Parameter(_parameter_values(log_scales, np.zeros(dim), (dim,)))
+            self.shears = nn.Parameter(_parameter_values(shears, np.zeros(n_shear), (n_shear,)))
         else:
             raise ValueError(f"parameterization must be 'matrix' or 'decomposed', got {parameterization!r}")
 
@@ -200,7 +205,8 @@ class AffineTransform(LinearTransform):
         if self.parameterization == "matrix":
             d["matrix"] = self.matrix_.detach().tolist()
         else:
-            d.update(angles=self.angles.detach().tolist(), log_scales=self.log_scales.detach().tolist(), shears=self.shears.detach().tolist())
+            d.update(angles=self.angles.detach().tolist(), log_scales=self.log_scales.detach().tolist(),
+                     shears=self.shears.detach().tolist())
         return d
 
     @classmethod
