@@ -212,6 +212,7 @@ def test_cli_register_report(tmp_path):
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
     assert not (tmp_path / "out" / "metrics.json").exists()
+    assert str((tmp_path / "out").resolve()) in page and ".tmp" not in page  # the result folder, not the hidden one
     # With labels the report shows label overlap, evaluated independently into metrics.json.
     res = CliRunner().invoke(app, args + ["-o", str(tmp_path / "out2"), "--fixed-labels", str(tmp_path / "fl.nii.gz"),
                                           "--moving-labels", str(tmp_path / "ml.nii.gz")])

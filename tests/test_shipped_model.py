@@ -85,3 +85,15 @@ def test_the_model_is_in_the_wheel_and_found_by_name_from_it(tmp_path):
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
     assert Path(found.stdout.strip()).is_relative_to(tmp_path / "site")
+
+
+def test_models_command_shows_the_whole_card_as_text_and_json(capfd):
+    """Every section of the card, in full (a limit's last words too), as text; --json gives the card itself."""
+    _, card = load_model(shipped_models()[NAME])
+    code, text, _ = cli(capfd, "models")
+    assert code == 0
+    for section in ("summary", "data", "preprocessing", "network", "loss", "training", "limits"):
+        assert f"\n{section}\n" in text, section
+    assert all(limit.split()[-1] in text for limit in card["limits"])
+    assert "learned+io20" in text and "{" not in text  # validation rows as a table, not JSON
+    assert json.loads(cli(capfd, "models", "--json")[1])[NAME] == json.loads(json.dumps(card))

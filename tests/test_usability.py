@@ -1,5 +1,5 @@
 """What a new user hits (one test per item of the usability issue that is not covered elsewhere:
-output safety and usage errors are in test_faults.py, the README's commands in test_readme.py, the
+output safety and usage errors are in test_faults.py, the README tour and the guide in test_docs.py, the
 declared dependencies and start-up in test_packaging.py)."""
 from __future__ import annotations
 

@@ -109,7 +109,9 @@ def ensemble_cmd(
     console.print(f"{len(models)} models -> {output}")
 
 
-def models_cmd() -> None:
+def models_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print every model's whole card as JSON (name -> card)."),
+) -> None:
     """The models shipped with morphreg, with their model cards (use the name with predict)."""
     import json
 
@@ -117,9 +119,42 @@ def models_cmd() -> None:
     from morphreg.learn.zoo import shipped_models
 
     models = shipped_models()
+    if as_json:
+        typer.echo(json.dumps({name: load_model(path)[1] for name, path in models.items()}, indent=2))
+        return
     if not models:
         console.print("no model is shipped with this version yet; train one with 'morphreg train'")
     for name, path in models.items():
         _, card = load_model(path)
-        console.print(f"[bold]{name}[/] ({path.stat().st_size / 1e6:.1f} MB)")
-        console.print(json.dumps(card.get("summary", card), indent=2)[:2000], highlight=False)
+        console.print(f"[bold]{name}[/] ({path.stat().st_size / 1e6:.1f} MB; 'morphreg models --json' for the whole card)")
+        for section, value in card.items():
+            if section == "name":
+                continue
+            console.print(f"[bold]{section}[/]")
+            for line in _card_lines(value):
+                console.print(f"  {line}", highlight=False, markup=False)
+
+
+def _card_lines(value, prefix: str = "") -> list[str]:
+    """A model card section as readable lines: nested keys joined by ' / ', numbers to 4 digits, lists as bullets."""
+    if isinstance(value, dict):
+        rows = {k: v for k, v in value.items() if isinstance(v, dict) and v and all(not isinstance(x, (dict, list)) for x in v.values())}
+        lines = [line for key, sub in value.items() if key not in rows or len(rows) < 2
+                 for line in _card_lines(sub, f"{prefix}{key} / ")]
+        return lines + (_card_table(rows, prefix.removesuffix(" / ")) if len(rows) >= 2 else [])
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) or (isinstance(v, str) and len(v) > 40) for v in value):
+        return [f"{prefix.removesuffix(' / ')}:"] * bool(prefix) + [f"- {line}" for v in value for line in _card_lines(v)]
+    text = ", ".join(_card_value(v) for v in value) if isinstance(value, list) else _card_value(value)
+    return [f"{prefix.removesuffix(' / ')}: {text}" if prefix else text]
+
+
+def _card_table(rows: dict[str, dict], title: str) -> list[str]:
+    """Rows of flat dicts (e.g. one per method) as an aligned text table."""
+    columns = list(dict.fromkeys(k for row in rows.values() for k in row))
+    cells = [[title or "", *columns]] + [[name, *(_card_value(row.get(c, "")) for c in columns)] for name, row in rows.items()]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+
+
+def _card_value(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -97,7 +97,7 @@ def register_cmd(
             result.preset = f"{preset_file.name} (preset file)"
         result.write(folder, suffix)
         if report:
-            _write_report(folder, result, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks)
+            _write_report(folder, output, result, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks)
     print_outcome(result, output, report)
 
 
@@ -178,9 +178,10 @@ def print_outcome(result, output: Path, report: bool) -> None:
         console.print(f"report: {output / 'report.html'}", highlight=False)
 
 
-def _write_report(output: Path, result, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks) -> None:
-    """OUT/report.html from the saved result; labels/landmarks given to the registration are
-    evaluated independently (warped with the saved transform) into OUT/metrics.json first."""
+def _write_report(output: Path, final: Path, result, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks) -> None:
+    """OUT/report.html from the saved result in ``output`` (the hidden folder that becomes ``final``, the name
+    the page shows); labels/landmarks given to the registration are evaluated independently (warped with the
+    saved transform) into OUT/metrics.json first."""
     from morphreg.evaluate import evaluate_registration, read_landmarks, write_metrics
     from morphreg.image.io import read_image
     from morphreg.report import build_report
@@ -196,4 +197,4 @@ def _write_report(output: Path, result, fixed_labels, moving_labels, fixed_landm
             inverse=result.inverse, fixed=result.fixed, moving=result.moving,
         )
         write_metrics(metrics, output / "metrics.json")
-    build_report(output, output / "report.html")
+    build_report(output, output / "report.html", shown_as=final)

@@ -336,8 +336,10 @@ def _pictures(res: _Result, grid, warped: Image | None, det_j: np.ndarray, displ
     return out
 
 
-def build_report(result_dir: str | Path, out_html: str | Path, title: str | None = None) -> Path:
-    """Write one self-contained HTML report for the registration result in ``result_dir``.
+def build_report(result_dir: str | Path, out_html: str | Path, title: str | None = None,
+                 shown_as: str | Path | None = None) -> Path:
+    """Write one self-contained HTML report for the registration result in ``result_dir``
+    (``shown_as``: the folder name the page gives, when ``result_dir`` is a temporary one that becomes it).
 
     Metrics come from ``metrics.json`` when present, otherwise they are computed here with
     :func:`morphreg.evaluate.evaluate_registration` (labels named in summary.json are used).
@@ -381,10 +383,11 @@ def build_report(result_dir: str | Path, out_html: str | Path, title: str | None
 
     s = res.summary
     name = title or f"Registration report: {_short(s.get('moving', 'moving'))} → {_short(s.get('fixed', 'fixed'))}"
+    folder = Path(shown_as or result_dir).resolve()
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(name)}</title>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
              f"<style>{CSS}</style>{CHECK_JS}</head><body>",
-             f"<header><h1>{_e(name)}</h1><p>Result folder <code style='background:#24476b;color:#fff'>{_e(result_dir.resolve())}</code>"
+             f"<header><h1>{_e(name)}</h1><p>Result folder <code style='background:#24476b;color:#fff'>{_e(folder)}</code>"
              f" &middot; generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by morphreg</p></header><main>"]
     if warnings:
         parts.append("<div class='warn'><h2>Warnings</h2><ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul></div>")
