@@ -229,3 +229,25 @@ def test_initial_transform_threads_and_format(tmp_path, ct_pair, capfd):
     code, _, err = cli(capfd, "register", ct_pair / "fixed.mha", ct_pair / "moving.mha", "-o", tmp_path / "x", "--format", "png")
     assert code == 2
     one_line_error(err, "--format")
+
+
+@pytest.mark.parametrize("setting, named", [
+    ("1.levels=[[4,null,-5]]", "iterations = -5"), ("levels=[[0.5,0,10]]", "shrink = 0.5"),
+    ("optimizer.lr=-0.1", "optimizer.lr = -0.1"), ("svf.penalties=[{name: diffusion, weight: -1}]", "weight = -1"),
+    ("svf.model_params.field_shrink=0", "field_shrink = 0"), ("svf.similarity_params={lncc: {window: 2.5}}", "window = 2.5"),
+    ("optimizer.tolerance=.nan", "tolerance = nan"), ("levels=[[2,-1vox,5]]", "sigma = '-1vox'"),
+])
+def test_numeric_settings_out_of_range_are_refused_before_work(tmp_path, ct_pair, capfd, setting, named):
+    out = tmp_path / "out"
+    code, stdout, err = cli(capfd, "register", ct_pair / "fixed.mha", ct_pair / "moving.mha", "-o", out, "-p", "syn",
+                            "--set", setting)
+    assert code == 2 and not out.exists() and "objective" not in stdout
+    assert named in one_line_error(err, "stage", "must be")
+
+
+def test_every_preset_passes_the_range_checks():
+    from morphreg.register.api import resolve_stages
+    from morphreg.register.presets import PRESETS
+
+    for name in PRESETS:
+        resolve_stages(name)

@@ -24,6 +24,7 @@ from morphreg.image.image import Image
 from morphreg.image.intensity import to_unit_range, unit_range
 from morphreg.optim.multires import StageInputs
 from morphreg.register.guards import check_stage
+from morphreg.register.ranges import check_stage_numbers
 from morphreg.register.inputs import (
     initial_transform_for,
     intensity_image,
@@ -194,8 +195,9 @@ def resolve_stages(preset: str | list[dict], overrides: dict | None = None) -> l
     commands call it before starting any work."""
     stages = get_preset(preset) if isinstance(preset, str) else copy.deepcopy(list(preset))
     stages = apply_overrides(stages, overrides or {})
-    for stage in stages:
+    for i, stage in enumerate(stages):
         get_method(stage.get("model")).check(stage)
+        check_stage_numbers(stage, f"stage {i} ({stage.get('model')})")
     return stages
 
 
