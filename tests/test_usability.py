@@ -150,6 +150,21 @@ def test_extreme_det_j_and_inverse_error_are_warnings():
     assert kinds == ["det_j", "inverse"]
     assert quality_warnings({"jacobian": {"folding_percent": 0.0, "min": 0.5, "max": 2.0}, "displacement": {"max_mm": 3.0},
                              "inverse_consistency": {"mean_mm": 0.1, "max_mm": 1.0}}, 1.0) == []
+    # Measured thresholds: a few extreme voxels (a good brain SyN: 0.01 %) and an inverse error only at the border
+    # are not alarms; 0.5 % of extreme voxels, an interior p99 of 1.5 voxels, or a halved volume are.
+    trusted = {"jacobian": {"folding_percent": 0.0, "min": 0.043, "max": 11.1, "median": 1.0, "extreme_percent": 0.011},
+               "displacement": {"max_mm": 9.0},
+               "inverse_consistency": {"mean_mm": 0.12, "max_mm": 6.2,
+                                       "interior": {"margin_voxels": 5, "mean_mm": 0.06, "p99_mm": 0.55, "max_mm": 4.4}}}
+    assert quality_warnings(trusted, 1.0) == []
+    bad = {"jacobian": {**trusted["jacobian"], "extreme_percent": 0.5, "median": 0.545},
+           "displacement": {"max_mm": 46.0},
+           "inverse_consistency": {**trusted["inverse_consistency"], "interior": {"margin_voxels": 5, "mean_mm": 0.3, "p99_mm": 1.5}}}
+    texts = {w["kind"]: w["text"] for w in quality_warnings(bad, 1.0)}
+    assert list(texts) == ["det_j", "volume", "inverse"]
+    assert "0.5 % of voxels" in texts["det_j"] and "median det J 0.545" in texts["volume"] and "p99 1.5 mm" in texts["inverse"]
+    identity = quality_warnings({"jacobian": {"folding_percent": 0.0, "median": 1.0}, "displacement": {"max_mm": 0.0}}, 1.0)
+    assert identity[0]["kind"] == "identity" and "--fixed-labels" in identity[0]["text"] and "morphreg models" in identity[0]["text"]
     # summary.json keeps NaN as null: the messages must still be written.
     from morphreg.evaluate.warnings import stage_warnings
 

@@ -41,7 +41,7 @@ RANGES: dict[str, Range] = {
     "weight": NON_NEGATIVE, "label_weight": NON_NEGATIVE, "landmark_weight": NON_NEGATIVE,
     "similarity_weight": NON_NEGATIVE, "label_sigma_mm": NON_NEGATIVE, "smoothing_mm": NON_NEGATIVE,
     "smoothing": NON_NEGATIVE, "control_spacing_mm": POSITIVE, "search_radius_mm": POSITIVE, "sigma_mm": NON_NEGATIVE,
-    "max_move_mm": POSITIVE, "fluid_sigma_vox": NON_NEGATIVE, "diffusion_sigma_vox": NON_NEGATIVE,
+    "max_move_mm": NON_NEGATIVE, "fluid_sigma_vox": NON_NEGATIVE, "diffusion_sigma_vox": NON_NEGATIVE,
     "coupling_sigma_vox": NON_NEGATIVE, "max_step_vox": POSITIVE, "aggregate_vox": NON_NEGATIVE,
     "couplings": NON_NEGATIVE, "temperature": POSITIVE, "min_gain": Range(),
     # grids: shrink factors of the fixed grid
