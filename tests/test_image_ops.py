@@ -638,3 +638,25 @@ def test_real_ct_head_smoothing_and_resampling(shared_data):
     coarse = resample_to_spacing(image, 2.5, antialias=False)
     theirs = _sitk_resample(image, coarse.grid, sitk.sitkLinear)
     assert np.abs(coarse.data[0].numpy() - theirs).max() < 1e-6 * np.abs(theirs).max()
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".mha"])
+def test_displacement_fields_deflate_only_when_it_pays(tmp_path, suffix):
+    """A zero field deflates to almost nothing; a noisy float field is stored (deflate would barely shrink it
+    at several times the writing time); both read back exactly, as float32 vectors."""
+    import SimpleITK as sitk
+
+    from morphreg.image.grid import Grid
+    from morphreg.transforms.io import save_displacement_field
+
+    grid = Grid((64, 64, 64), spacing=(1.0, 1.0, 1.0))
+    rng = np.random.default_rng(0)
+    fields = {"zero": torch.zeros(1, 3, *grid.shape), "noisy": torch.as_tensor(rng.normal(size=(1, 3, *grid.shape)), dtype=torch.float32)}
+    sizes = {}
+    for name, field in fields.items():
+        path = save_displacement_field(field, grid, tmp_path / f"{name}{suffix}")
+        sizes[name] = path.stat().st_size
+        back = sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkVectorFloat32))
+        np.testing.assert_array_equal(np.moveaxis(back, -1, 0), field[0].numpy())
+    raw = 3 * 4 * 64 ** 3
+    assert sizes["zero"] < 0.05 * raw and sizes["noisy"] > 0.99 * raw

@@ -173,40 +173,65 @@ def to_sitk(image: Image, as_4d: bool = False) -> sitk.Image:
     return img
 
 
-def write_image(image: Image, path: str | Path, as_4d: bool = False, compress: bool = True, inputs=()) -> Path:
+def write_image(image: Image, path: str | Path, as_4d: bool = False, compress: bool | str = True, inputs=()) -> Path:
     """Write atomically (temp file + rename). The format follows the suffix.
 
-    ``compress=False`` writes formats with optional compression (.mha, .nrrd) uncompressed and a
-    ``.nii.gz`` as a gzip stream of stored (uncompressed) blocks: still a valid .nii.gz for every
-    reader, written ~3x faster. Worth it for float fields, which deflate barely shrinks (a brain
-    displacement field: 83 -> 76 MB; written in 2.6 s deflated, 0.9 s stored).
+    ``compress``: True deflates (.nii.gz always, .mha/.nrrd with ITK's compression); False stores the
+    data uncompressed (a ``.nii.gz`` as a gzip stream of stored blocks: still a valid .nii.gz for every
+    reader); ``"auto"`` deflates at level 1 only when a sample of the data shrinks below
+    ``DEFLATE_WORTH`` of its size. That is for float fields: a smooth brain displacement field barely
+    deflates (-10 %) at 5x the writing time, an all-zero one shrinks 200x (benchmarks/RESULTS.md, session 21).
     ``path`` is never one of ``inputs`` (:func:`morphreg.core.files.atomic_path`).
     """
     path = Path(path)
     if _suffix(path) not in IMAGE_SUFFIXES:
         raise MorphregError(f"unsupported image format {_suffix(path)!r} (use one of {', '.join(IMAGE_SUFFIXES)})", path)
     img = to_sitk(image, as_4d=as_4d)
-    stored_gzip = not compress and _suffix(path) == ".nii.gz"  # ITK always deflates .nii.gz
+    if compress == "auto":
+        compress = _deflates_well(sitk.GetArrayViewFromImage(img))
+        level = 1
+    else:
+        level = -1
     with atomic_path(path, inputs) as tmp:
         try:
-            if stored_gzip:
-                _write_stored_gzip(img, tmp)
+            if _suffix(path) == ".nii.gz":  # ITK always deflates .nii.gz, at its own level
+                _write_gzip(img, tmp, level if compress else 0)
             else:
-                sitk.WriteImage(img, str(tmp), useCompression=compress)
+                sitk.WriteImage(img, str(tmp), useCompression=bool(compress), compressionLevel=level)
         except RuntimeError as exc:
             raise MorphregError(f"cannot write image: {str(exc).strip().splitlines()[-1][:200]}", path) from None
     return path
 
 
-def _write_stored_gzip(img: sitk.Image, target: Path) -> None:
-    """``img`` as NIfTI inside a gzip stream at compression level 0."""
+DEFLATE_WORTH = 0.7  # deflate a float field when a sample shrinks below this share of its size
+
+
+def _deflates_well(array: np.ndarray, samples: int = 4, sample_bytes: int = 1 << 20) -> bool:
+    """Whether zlib level 1 shrinks evenly spread samples of ``array``'s bytes below ``DEFLATE_WORTH``."""
+    import zlib
+
+    data = memoryview(np.ascontiguousarray(array)).cast("B")
+    if len(data) <= samples * sample_bytes:
+        chunks = [data]
+    else:
+        step = (len(data) - sample_bytes) // (samples - 1)
+        chunks = [data[i * step: i * step + sample_bytes] for i in range(samples)]
+    size = sum(len(c) for c in chunks)
+    return size > 0 and sum(len(zlib.compress(c, 1)) for c in chunks) < DEFLATE_WORTH * size
+
+
+def _write_gzip(img: sitk.Image, target: Path, level: int) -> None:
+    """``img`` as NIfTI inside a gzip stream at ``level`` (0: stored blocks; -1: ITK's own deflate)."""
     import gzip
     import shutil
 
+    if level < 0:
+        sitk.WriteImage(img, str(target), useCompression=True)
+        return
     raw = target.with_suffix("")  # "<tmp>.nii.gz" -> "<tmp>.nii"
     try:
         sitk.WriteImage(img, str(raw), useCompression=False)
-        with open(raw, "rb") as src, gzip.open(target, "wb", compresslevel=0) as dst:
+        with open(raw, "rb") as src, gzip.open(target, "wb", compresslevel=level) as dst:
             shutil.copyfileobj(src, dst, 16 << 20)
     finally:
         raw.unlink(missing_ok=True)

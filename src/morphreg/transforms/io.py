@@ -55,12 +55,13 @@ def save_transform(t: Transform, path, grid: Grid | None = None) -> Path:
 
 def save_displacement_field(field: torch.Tensor, grid: Grid, path) -> Path:
     """Write a displacement field (1 | -, dim, *grid.shape) world mm (LPS) as an ITK vector image, float32
-    (computed in float64 by the callers; see :func:`save_transform`), uncompressed (float fields barely deflate)."""
+    (computed in float64 by the callers; see :func:`save_transform`), deflated only when that pays
+    (:func:`morphreg.image.io.write_image` with ``compress="auto"``: float fields barely deflate, zero ones do)."""
     from morphreg.image.image import Image
     from morphreg.image.io import write_image
 
     field = field[0] if field.dim() == grid.dim + 2 else field
-    write_image(Image(field.detach().float(), grid), path, compress=False)
+    write_image(Image(field.detach().float(), grid), path, compress="auto")
     return Path(path)
 
 
