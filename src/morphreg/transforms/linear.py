@@ -160,7 +160,7 @@ class SimilarityTransform(RigidTransform):
 
     def to_dict(self) -> dict:
         # log_scale is stored as is: exp then log would not give back the same float32.
-        return {**super().to_dict(), "scale": float(torch.exp(self.log_scale)), "log_scale": float(self.log_scale)}
+        return {**super().to_dict(), "scale": float(torch.exp(self.log_scale.detach())), "log_scale": float(self.log_scale.detach())}
 
     @classmethod
     def from_dict(cls, d):
